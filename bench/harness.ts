@@ -1,0 +1,104 @@
+/**
+ * Shared benchmark plumbing: timing GPU work, a row format every part returns, and the
+ * side-by-side table. Each part lives in `bench/<part>.ts` and exports
+ * `run(ctx: BenchContext): Promise<BenchRow[]>`; `tasks/bench.ts` runs them.
+ */
+import type { Gpu } from "../runtime/gpu.ts";
+
+/** What every benchmark part receives. */
+export interface BenchContext {
+  gpu: Gpu;
+  /** Fewer/smaller cases (CI smoke runs). */
+  quick: boolean;
+  /** Also time the same work in tfjs-backend-webgpu. */
+  withTfjs: boolean;
+  /** Extra flags after the part name, e.g. `--profile`. */
+  flags: Record<string, string | boolean>;
+}
+
+/** One measured quantity for one implementation. */
+export interface Measurement {
+  /** Milliseconds per iteration. */
+  ms: number;
+  /** Throughput in GFLOP/s, when the work has a FLOP count. */
+  gflops?: number;
+  /** Images (or samples) per second, when that is the natural unit. */
+  perSecond?: number;
+}
+
+/** One line of a benchmark table: our figure, the peer's, and the ratio (peer time / ours). */
+export interface BenchRow {
+  part: string;
+  case: string;
+  ours: Measurement;
+  tfjs?: Measurement;
+  /** How many times faster we are than tfjs (tfjs ms / our ms). */
+  ratio?: number;
+  note?: string;
+}
+
+/**
+ * Milliseconds per call of `encode` (which only encodes GPU work), after `warmup` untimed calls,
+ * with a single wait for the GPU at the end of the timed loop.
+ */
+export async function timeGpu(
+  gpu: Gpu,
+  encode: () => void,
+  options: { warmup?: number; iterations?: number } = {},
+): Promise<number> {
+  const warmup = options.warmup ?? 1;
+  const iterations = options.iterations ?? 3;
+  for (let i = 0; i < warmup; i++) encode();
+  await gpu.sync();
+  const start = performance.now();
+  for (let i = 0; i < iterations; i++) encode();
+  await gpu.sync();
+  return (performance.now() - start) / iterations;
+}
+
+/** Milliseconds per call of an async function (for tfjs and whole steps). */
+export async function timeAsync(
+  fn: () => Promise<void>,
+  options: { warmup?: number; iterations?: number } = {},
+): Promise<number> {
+  const warmup = options.warmup ?? 1;
+  const iterations = options.iterations ?? 3;
+  for (let i = 0; i < warmup; i++) await fn();
+  const start = performance.now();
+  for (let i = 0; i < iterations; i++) await fn();
+  return (performance.now() - start) / iterations;
+}
+
+/** A measurement from a time and an optional FLOP count. */
+export function measure(ms: number, flops?: number): Measurement {
+  return flops === undefined ? { ms } : { ms, gflops: flops / (ms * 1e6) };
+}
+
+/** Fill in `ratio` from the two times. */
+export function withRatio(row: BenchRow): BenchRow {
+  if (row.tfjs) row.ratio = row.tfjs.ms / row.ours.ms;
+  return row;
+}
+
+function fmt(m: Measurement | undefined): string {
+  if (!m) return "-";
+  const extra = m.gflops !== undefined
+    ? ` (${m.gflops.toFixed(2)} GFLOP/s)`
+    : m.perSecond !== undefined
+    ? ` (${m.perSecond.toFixed(1)}/s)`
+    : "";
+  return `${m.ms.toFixed(2)} ms${extra}`;
+}
+
+/** A Markdown table of rows. */
+export function formatTable(rows: BenchRow[]): string {
+  const lines = [
+    "| part | case | ours | tfjs-backend-webgpu | ours vs tfjs | note |",
+    "|---|---|---|---|---|---|",
+  ];
+  for (const r of rows) {
+    const ratio = r.ratio === undefined ? "-" : `${r.ratio.toFixed(1)}x`;
+    lines.push(`| ${r.part} | ${r.case} | ${fmt(r.ours)} | ${fmt(r.tfjs)} | ${ratio} | ${r.note ?? ""} |`);
+  }
+  return lines.join("\n");
+}

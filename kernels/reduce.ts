@@ -1,0 +1,44 @@
+/** Deterministic reductions: per-row and whole-tensor sum, sum of squares, L2 norm. */
+import { ceilDiv, type Gpu, type Tensor } from "../runtime/gpu.ts";
+
+/** Elements one workgroup reduces per row chunk (256 threads x 16). */
+const CHUNK_LEN = 4096;
+
+type Op = "sum" | "sumsq" | "norm";
+
+/**
+ * Reduce each row of `x` (viewed as rows x cols) into `out` (rows elements).
+ * Long rows reduce in passes over partial sums, always in the same order.
+ */
+export function reduceRows(gpu: Gpu, x: Tensor, rows: number, cols: number, op: Op, out: Tensor): void {
+  if (rows * cols > x.size) throw new Error(`reduceRows: ${rows}x${cols} exceeds tensor [${x.shape}]`);
+  if (out.size < rows) throw new Error(`reduceRows: output holds ${out.size} < ${rows} rows`);
+  let input = x;
+  let width = cols;
+  let square = op !== "sum";
+  const temporaries: Tensor[] = [];
+  while (true) {
+    const chunks = Math.max(1, ceilDiv(width, CHUNK_LEN));
+    const last = chunks === 1;
+    const target = last ? out : gpu.empty([rows, chunks]);
+    if (!last) temporaries.push(target);
+    const kernel = gpu.kernel("reduce", {
+      constants: { SQUARE: square ? 1 : 0, SQRT: last && op === "norm" ? 1 : 0 },
+    });
+    gpu.dispatch(kernel, {
+      uniforms: new Uint32Array([rows, width, CHUNK_LEN, chunks]),
+      storage: [input, target],
+      workgroups: [chunks, rows],
+    });
+    if (last) break;
+    input = target;
+    width = chunks;
+    square = false;
+  }
+  for (const t of temporaries) t.release();
+}
+
+/** out[0] = reduction of every element of x. */
+export function reduceAll(gpu: Gpu, x: Tensor, op: Op, out: Tensor): void {
+  reduceRows(gpu, x, 1, x.size, op, out);
+}
