@@ -7,12 +7,27 @@ const CHUNK_LEN = 4096;
 type Op = "sum" | "sumsq" | "norm";
 
 /**
- * Reduce each row of `x` (viewed as rows x cols) into `out` (rows elements).
+ * Reduce each row of `x` (viewed as rows x cols) into `out[outOffset ..]` (rows elements).
  * Long rows reduce in passes over partial sums, always in the same order.
  */
-export function reduceRows(gpu: Gpu, x: Tensor, rows: number, cols: number, op: Op, out: Tensor): void {
-  if (rows * cols > x.size) throw new Error(`reduceRows: ${rows}x${cols} exceeds tensor [${x.shape}]`);
-  if (out.size < rows) throw new Error(`reduceRows: output holds ${out.size} < ${rows} rows`);
+export function reduceRows(
+  gpu: Gpu,
+  x: Tensor,
+  rows: number,
+  cols: number,
+  op: Op,
+  out: Tensor,
+  outOffset = 0,
+): void {
+  if (rows * cols > x.size) {
+    throw new Error(`reduceRows: ${rows}x${cols} exceeds tensor [${x.shape}]`);
+  }
+  if (out.size < outOffset + rows) {
+    throw new Error(`reduceRows: output holds ${out.size} < ${outOffset + rows} elements`);
+  }
+  if (rows > gpu.limits.maxComputeWorkgroupsPerDimension) {
+    throw new Error(`reduceRows: ${rows} rows exceed the per-dimension workgroup limit`);
+  }
   let input = x;
   let width = cols;
   let square = op !== "sum";
@@ -26,7 +41,7 @@ export function reduceRows(gpu: Gpu, x: Tensor, rows: number, cols: number, op: 
       constants: { SQUARE: square ? 1 : 0, SQRT: last && op === "norm" ? 1 : 0 },
     });
     gpu.dispatch(kernel, {
-      uniforms: new Uint32Array([rows, width, CHUNK_LEN, chunks]),
+      uniforms: new Uint32Array([rows, width, CHUNK_LEN, chunks, last ? outOffset : 0]),
       storage: [input, target],
       workgroups: [chunks, rows],
     });
@@ -38,7 +53,7 @@ export function reduceRows(gpu: Gpu, x: Tensor, rows: number, cols: number, op: 
   for (const t of temporaries) t.release();
 }
 
-/** out[0] = reduction of every element of x. */
-export function reduceAll(gpu: Gpu, x: Tensor, op: Op, out: Tensor): void {
-  reduceRows(gpu, x, 1, x.size, op, out);
+/** out[outOffset] = reduction of every element of x. */
+export function reduceAll(gpu: Gpu, x: Tensor, op: Op, out: Tensor, outOffset = 0): void {
+  reduceRows(gpu, x, 1, x.size, op, out, outOffset);
 }

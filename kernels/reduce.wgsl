@@ -1,8 +1,8 @@
 // Deterministic per-row reductions: out[r] = sum_c f(x[r, c]) with f(v) = v or v*v.
 // No atomics: each workgroup reduces one chunk of one row in a fixed tree order, and rows longer
 // than one chunk go through a second pass over the partial sums (the wrapper loops).
-// Bindings: 0 uniform {rows, cols, chunk_len, chunks}; 1 x (rows x cols, row-major);
-// 2 out (rows x chunks). Dispatch: (chunks, rows) workgroups of 256 threads.
+// Bindings: 0 uniform {rows, cols, chunk_len, chunks, out_offset}; 1 x (rows x cols, row-major);
+// 2 out (rows x chunks, starting at element out_offset). Dispatch: (chunks, rows) workgroups of 256 threads.
 // Overrides: SQUARE (square each element first), SQRT (take the square root of the result; only
 // meaningful when chunks == 1).
 
@@ -14,6 +14,7 @@ struct Params {
   cols: u32,
   chunk_len: u32,
   chunks: u32,
+  out_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -43,6 +44,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   if (lid == 0u) {
     let total = partial[0];
-    out[row * params.chunks + chunk] = select(total, sqrt(total), SQRT);
+    out[params.out_offset + row * params.chunks + chunk] = select(total, sqrt(total), SQRT);
   }
 }

@@ -1,0 +1,378 @@
+/**
+ * Layers with explicit forward/backward over the kernels (llm.c style: no autograd engine).
+ * A training forward pushes what its backward needs onto the layer's own stack, so one network
+ * can run forward on several batches (both views) before the backward passes pop them in reverse.
+ * Parameter gradients accumulate (+=) until `zeroGrads`, which is how micro-batches accumulate.
+ */
+import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import type { Rng } from "../runtime/random.ts";
+import { fill } from "../kernels/elementwise.ts";
+import { matmul } from "../kernels/matmul.ts";
+import {
+  conv2dBiasGrad,
+  conv2dForward,
+  conv2dInputGrad,
+  conv2dOutputSize,
+  type Conv2dShape,
+  conv2dWeightGrad,
+} from "../kernels/conv2d.ts";
+import {
+  batchNormBackward,
+  batchNormEvalForward,
+  batchNormTrainForward,
+} from "../kernels/batchnorm.ts";
+
+/**
+ * How a forward pass runs:
+ * - `train`: batch statistics, running statistics updated, activations kept for backward;
+ * - `no-grad-train`: batch statistics but nothing updated or kept (the target network);
+ * - `eval`: running statistics, nothing kept (evaluation, embedding).
+ */
+export type Mode = "train" | "no-grad-train" | "eval";
+
+/** What every layer shares: the GPU, the mode, and the arena that owns activations. */
+export class Context {
+  mode: Mode = "train";
+  private activations: Tensor[] = [];
+  constructor(readonly gpu: Gpu) {}
+
+  /** A new activation tensor, released by {@link releaseActivations} at the end of the step. */
+  activation(shape: number[]): Tensor {
+    const t = this.gpu.empty(shape, "f32");
+    this.activations.push(t);
+    return t;
+  }
+
+  /** Return every activation to the pool (after the step's backward is encoded). */
+  releaseActivations(): void {
+    for (const t of this.activations) t.release();
+    this.activations = [];
+  }
+
+  get keepsForBackward(): boolean {
+    return this.mode === "train";
+  }
+}
+
+/** A trainable tensor with its gradient and how checkpoints and LARS treat it. */
+export interface Parameter {
+  /** torchvision-style name, e.g. `layer1.0.conv1.weight`. */
+  name: string;
+  value: Tensor;
+  grad: Tensor;
+  /** LARS exclusion (METHOD.md): BatchNorm weights/biases and all biases. */
+  excludeFromLars: boolean;
+  /** Conv weights are HWIO here and OIHW in torchvision checkpoints. */
+  layout: "hwio" | "plain";
+}
+
+/** A non-trained state tensor (BatchNorm running statistics). */
+export interface StateTensor {
+  name: string;
+  value: Tensor;
+}
+
+/** Anything that owns parameters and state. */
+export interface Module {
+  parameters(): Parameter[];
+  states(): StateTensor[];
+}
+
+/** Counts of samples seen by each BatchNorm (torchvision's `num_batches_tracked`). */
+export interface BatchCounter {
+  name: string;
+  count: number;
+}
+
+function newParameter(
+  gpu: Gpu,
+  name: string,
+  values: Float32Array,
+  shape: number[],
+  excludeFromLars: boolean,
+  layout: "hwio" | "plain" = "plain",
+): Parameter {
+  return {
+    name,
+    value: gpu.upload(values, shape),
+    grad: gpu.zeros(shape),
+    excludeFromLars,
+    layout,
+  };
+}
+
+/** Set every parameter gradient of a module to zero. */
+export function zeroGrads(gpu: Gpu, module: Module): void {
+  for (const p of module.parameters()) fill(gpu, p.grad, 0);
+}
+
+/** 2-D convolution over NHWC activations, weight HWIO, Kaiming fan-in normal init. */
+export class Conv2d implements Module {
+  readonly weight: Parameter;
+  readonly bias: Parameter | undefined;
+  private saved: { x: Tensor; shape: Conv2dShape }[] = [];
+
+  constructor(
+    private ctx: Context,
+    name: string,
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    readonly stride: number,
+    readonly padding: number,
+    rng: Rng,
+    withBias = false,
+  ) {
+    const fanIn = inChannels * kernelSize * kernelSize;
+    const std = Math.sqrt(2 / fanIn);
+    const count = fanIn * outChannels;
+    const w = new Float32Array(count);
+    for (let i = 0; i < count; i++) w[i] = std * rng.normal();
+    this.weight = newParameter(
+      ctx.gpu,
+      `${name}.weight`,
+      w,
+      [kernelSize, kernelSize, inChannels, outChannels],
+      false,
+      "hwio",
+    );
+    if (withBias) {
+      this.bias = newParameter(ctx.gpu, `${name}.bias`, new Float32Array(outChannels), [
+        outChannels,
+      ], true);
+    }
+  }
+
+  private shapeFor(x: Tensor): Conv2dShape {
+    const [batch, inHeight, inWidth, channels] = x.shape;
+    if (x.shape.length !== 4 || channels !== this.inChannels) {
+      throw new Error(
+        `${this.weight.name}: expected NHWC input with ${this.inChannels} channels, got [${x.shape}]`,
+      );
+    }
+    return {
+      batch,
+      inHeight,
+      inWidth,
+      inChannels: this.inChannels,
+      outChannels: this.outChannels,
+      kernelSize: this.kernelSize,
+      stride: this.stride,
+      padding: this.padding,
+    };
+  }
+
+  forward(x: Tensor): Tensor {
+    const shape = this.shapeFor(x);
+    const { outHeight, outWidth } = conv2dOutputSize(shape);
+    const y = this.ctx.activation([shape.batch, outHeight, outWidth, this.outChannels]);
+    conv2dForward(this.ctx.gpu, x, this.weight.value, this.bias?.value ?? null, y, shape);
+    if (this.ctx.keepsForBackward) this.saved.push({ x, shape });
+    return y;
+  }
+
+  /** Accumulate weight (and bias) gradients; return dx unless `inputGrad` is false. */
+  backward(dy: Tensor, inputGrad = true): Tensor | null {
+    const saved = this.saved.pop();
+    if (!saved) throw new Error(`${this.weight.name}: backward without a saved forward`);
+    const { x, shape } = saved;
+    const gpu = this.ctx.gpu;
+    conv2dWeightGrad(gpu, x, dy, this.weight.grad, shape, { accumulate: true });
+    if (this.bias) conv2dBiasGrad(gpu, dy, this.bias.grad, shape, { accumulate: true });
+    if (!inputGrad) return null;
+    const dx = this.ctx.activation(x.shape);
+    conv2dInputGrad(gpu, dy, this.weight.value, dx, shape);
+    return dx;
+  }
+
+  parameters(): Parameter[] {
+    return this.bias ? [this.weight, this.bias] : [this.weight];
+  }
+  states(): StateTensor[] {
+    return [];
+  }
+}
+
+/**
+ * BatchNorm over the last dimension (2d on NHWC activations, 1d on [N, C]), optionally with the
+ * following ReLU fused. PyTorch semantics: eps 1e-5, momentum 0.1, unbiased running variance.
+ */
+export class BatchNorm implements Module {
+  readonly weight: Parameter;
+  readonly bias: Parameter;
+  readonly runningMean: StateTensor;
+  readonly runningVar: StateTensor;
+  readonly counter: BatchCounter;
+  /** Throwaway running statistics for `no-grad-train` forwards, which must not update state. */
+  private scratchStats: [Tensor, Tensor];
+  private saved: { x: Tensor; y: Tensor; mean: Tensor; invStd: Tensor; rows: number }[] = [];
+
+  constructor(
+    private ctx: Context,
+    name: string,
+    readonly channels: number,
+    readonly relu: boolean,
+    readonly eps = 1e-5,
+    readonly momentum = 0.1,
+  ) {
+    const gpu = ctx.gpu;
+    this.weight = newParameter(gpu, `${name}.weight`, new Float32Array(channels).fill(1), [
+      channels,
+    ], true);
+    this.bias = newParameter(gpu, `${name}.bias`, new Float32Array(channels), [channels], true);
+    this.runningMean = { name: `${name}.running_mean`, value: gpu.zeros([channels]) };
+    this.runningVar = {
+      name: `${name}.running_var`,
+      value: gpu.upload(new Float32Array(channels).fill(1), [channels]),
+    };
+    this.counter = { name: `${name}.num_batches_tracked`, count: 0 };
+    this.scratchStats = [gpu.zeros([channels]), gpu.zeros([channels])];
+  }
+
+  forward(x: Tensor): Tensor {
+    const c = this.channels;
+    if (x.shape[x.shape.length - 1] !== c) {
+      throw new Error(`${this.weight.name}: expected ${c} channels last, got [${x.shape}]`);
+    }
+    const rows = x.size / c;
+    const gpu = this.ctx.gpu;
+    const y = this.ctx.activation(x.shape);
+    const shape = { rows, channels: c, eps: this.eps, momentum: this.momentum };
+    const x2 = x.reshape([rows, c]);
+    const y2 = y.reshape([rows, c]);
+    const options = { relu: this.relu };
+    if (this.ctx.mode === "eval") {
+      batchNormEvalForward(
+        gpu,
+        x2,
+        this.weight.value,
+        this.bias.value,
+        this.runningMean.value,
+        this.runningVar.value,
+        y2,
+        shape,
+        options,
+      );
+      return y;
+    }
+    const mean = this.ctx.activation([c]);
+    const invStd = this.ctx.activation([c]);
+    const train = this.ctx.mode === "train";
+    const [runMean, runVar] = train
+      ? [this.runningMean.value, this.runningVar.value]
+      : this.scratchStats;
+    batchNormTrainForward(
+      gpu,
+      x2,
+      this.weight.value,
+      this.bias.value,
+      runMean,
+      runVar,
+      y2,
+      mean,
+      invStd,
+      shape,
+      options,
+    );
+    if (train) {
+      this.counter.count++;
+      this.saved.push({ x: x2, y: y2, mean, invStd, rows });
+    }
+    return y;
+  }
+
+  backward(dy: Tensor): Tensor {
+    const saved = this.saved.pop();
+    if (!saved) throw new Error(`${this.weight.name}: backward without a saved forward`);
+    const c = this.channels;
+    const dx = this.ctx.activation(dy.shape);
+    batchNormBackward(
+      this.ctx.gpu,
+      saved.x,
+      dy.reshape([saved.rows, c]),
+      this.weight.value,
+      saved.mean,
+      saved.invStd,
+      dx.reshape([saved.rows, c]),
+      this.weight.grad,
+      this.bias.grad,
+      { rows: saved.rows, channels: c, eps: this.eps, momentum: this.momentum },
+      { reluOutput: this.relu ? saved.y : undefined, accumulate: true },
+    );
+    return dx;
+  }
+
+  parameters(): Parameter[] {
+    return [this.weight, this.bias];
+  }
+  states(): StateTensor[] {
+    return [this.runningMean, this.runningVar];
+  }
+}
+
+/** Fully connected layer, weight [out, in] as in torch; init as torch's default (uniform). */
+export class Linear implements Module {
+  readonly weight: Parameter;
+  readonly bias: Parameter | undefined;
+  private saved: Tensor[] = [];
+  private ones: Tensor | undefined;
+
+  constructor(
+    private ctx: Context,
+    name: string,
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    rng: Rng,
+    withBias = true,
+  ) {
+    const bound = 1 / Math.sqrt(inFeatures);
+    const w = new Float32Array(inFeatures * outFeatures);
+    for (let i = 0; i < w.length; i++) w[i] = rng.uniform(-bound, bound);
+    this.weight = newParameter(ctx.gpu, `${name}.weight`, w, [outFeatures, inFeatures], false);
+    if (withBias) {
+      const b = new Float32Array(outFeatures);
+      for (let i = 0; i < b.length; i++) b[i] = rng.uniform(-bound, bound);
+      this.bias = newParameter(ctx.gpu, `${name}.bias`, b, [outFeatures], true);
+    }
+  }
+
+  forward(x: Tensor): Tensor {
+    if (x.shape.length !== 2 || x.shape[1] !== this.inFeatures) {
+      throw new Error(`${this.weight.name}: expected [N, ${this.inFeatures}], got [${x.shape}]`);
+    }
+    const y = this.ctx.activation([x.shape[0], this.outFeatures]);
+    matmul(this.ctx.gpu, x, this.weight.value, y, { transposeB: true, bias: this.bias?.value });
+    if (this.ctx.keepsForBackward) this.saved.push(x);
+    return y;
+  }
+
+  backward(dy: Tensor, inputGrad = true): Tensor | null {
+    const x = this.saved.pop();
+    if (!x) throw new Error(`${this.weight.name}: backward without a saved forward`);
+    const gpu = this.ctx.gpu;
+    // dW += dyᵀ x ; db += column sums of dy (as onesᵀ dy, a deterministic GEMM).
+    matmul(gpu, dy, x, this.weight.grad, { transposeA: true, accumulate: true });
+    if (this.bias) {
+      const n = dy.shape[0];
+      if (!this.ones || this.ones.size !== n) {
+        this.ones?.release();
+        this.ones = gpu.upload(new Float32Array(n).fill(1), [n, 1]);
+      }
+      matmul(gpu, this.ones, dy, this.bias.grad.reshape([1, this.outFeatures]), {
+        transposeA: true,
+        accumulate: true,
+      });
+    }
+    if (!inputGrad) return null;
+    const dx = this.ctx.activation(x.shape);
+    matmul(gpu, dy, this.weight.value, dx);
+    return dx;
+  }
+
+  parameters(): Parameter[] {
+    return this.bias ? [this.weight, this.bias] : [this.weight];
+  }
+  states(): StateTensor[] {
+    return [];
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * The BYOL-style online/target pair of METHOD.md and its training step:
+ * two views -> online forward both -> target forward both (no grad) -> loss -> backward ->
+ * LARS -> EMA. The InfoNCE baseline (SimCLR) uses the online projector of both views instead.
+ */
+import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { Rng } from "../runtime/random.ts";
+import { scale } from "../kernels/elementwise.ts";
+import { larsStep } from "../kernels/optimizer.ts";
+import { emaUpdate, momentumAt } from "../kernels/ema.ts";
+import { type LossConfig, SslLoss } from "../kernels/ssl_loss.ts";
+import { type BatchCounter, Context, type Module, type Parameter, type StateTensor, zeroGrads } from "./layers.ts";
+import { ResNet, type ResNetConfig } from "./resnet.ts";
+import { Mlp } from "./heads.ts";
+
+/** Everything that defines the model and its objective. */
+export interface SslModelConfig {
+  backbone: ResNetConfig;
+  projectorHidden: number;
+  projectorOut: number;
+  predictorHidden: number;
+  loss: LossConfig;
+}
+
+/** Optimiser settings (METHOD.md "Optimisation"). */
+export interface LarsConfig {
+  momentum: number;
+  weightDecay: number;
+  eta: number;
+}
+
+/** Backbone + projector (+ predictor for the online branch). */
+export class Branch implements Module {
+  readonly backbone: ResNet;
+  readonly projector: Mlp;
+  readonly predictor: Mlp | undefined;
+
+  constructor(
+    readonly ctx: Context,
+    config: SslModelConfig,
+    withPredictor: boolean,
+    rng: Rng,
+  ) {
+    this.backbone = new ResNet(ctx, config.backbone, rng);
+    this.projector = new Mlp(ctx, "projector", {
+      inFeatures: this.backbone.featureDim,
+      hidden: config.projectorHidden,
+      outFeatures: config.projectorOut,
+    }, rng);
+    if (withPredictor) {
+      this.predictor = new Mlp(ctx, "predictor", {
+        inFeatures: config.projectorOut,
+        hidden: config.predictorHidden,
+        outFeatures: config.projectorOut,
+      }, rng);
+    }
+  }
+
+  /** Projection, or prediction when `predict` (and the branch has a predictor). */
+  forward(images: Tensor, predict: boolean): Tensor {
+    const z = this.projector.forward(this.backbone.forward(images));
+    return predict && this.predictor ? this.predictor.forward(z) : z;
+  }
+
+  /** Backward of the matching forward (calls pop in reverse order of the forwards). */
+  backward(dOut: Tensor, predicted: boolean): void {
+    const dz = predicted && this.predictor ? this.predictor.backward(dOut) : dOut;
+    this.backbone.backward(this.projector.backward(dz));
+  }
+
+  parameters(): Parameter[] {
+    return [
+      ...this.backbone.parameters(),
+      ...this.projector.parameters(),
+      ...(this.predictor?.parameters() ?? []),
+    ];
+  }
+  states(): StateTensor[] {
+    return [
+      ...this.backbone.states(),
+      ...this.projector.states(),
+      ...(this.predictor?.states() ?? []),
+    ];
+  }
+  batchCounters(): BatchCounter[] {
+    const heads = [this.projector.bn, ...(this.predictor ? [this.predictor.bn] : [])];
+    return [...this.backbone.batchCounters(), ...heads.map((bn) => bn.counter)];
+  }
+}
+
+/** The online/target pair, its optimizer state and the loss. */
+export class SslModel {
+  readonly online: Branch;
+  readonly target: Branch;
+  readonly loss: SslLoss;
+  readonly velocity: Tensor[];
+  private norms: Tensor;
+  private onlineCtx: Context;
+  private targetCtx: Context;
+
+  constructor(
+    readonly gpu: Gpu,
+    readonly config: SslModelConfig,
+    readonly batch: number,
+    seed: number,
+  ) {
+    this.onlineCtx = new Context(gpu);
+    this.targetCtx = new Context(gpu);
+    this.targetCtx.mode = "no-grad-train";
+    this.online = new Branch(this.onlineCtx, config, true, new Rng(seed));
+    // The target starts as a copy: same seed, same initial values, then copied exactly below.
+    this.target = new Branch(this.targetCtx, config, false, new Rng(seed));
+    this.copyOnlineToTarget();
+    this.loss = new SslLoss(gpu, config.loss, batch, config.projectorOut);
+    this.velocity = this.online.parameters().map((p) => gpu.zeros(p.value.shape));
+    this.norms = gpu.zeros([2 * this.online.parameters().length]);
+  }
+
+  /** Online parameters and states that the target mirrors, paired by name. */
+  private pairs(): [Tensor, Tensor][] {
+    const online = new Map<string, Tensor>();
+    for (const p of this.online.parameters()) online.set(p.name, p.value);
+    for (const s of this.online.states()) online.set(s.name, s.value);
+    const targets = [
+      ...this.target.parameters().map((p) => [p.name, p.value] as const),
+      ...this.target.states().map((s) => [s.name, s.value] as const),
+    ];
+    return targets.map(([name, t]) => [t, online.get(name)!]);
+  }
+
+  /** Make the target an exact copy of the online network (initialisation). */
+  copyOnlineToTarget(): void {
+    for (const [target, online] of this.pairs()) emaUpdate(this.gpu, target, online, 0);
+  }
+
+  /**
+   * One optimizer step over `microBatches` (each: the two augmented views, NHWC). Writes the
+   * loss of every direction and micro-batch into `lossOut` (no readback here).
+   */
+  step(
+    microBatches: { view1: Tensor; view2: Tensor }[],
+    lr: number,
+    emaMomentum: number,
+    lars: LarsConfig,
+    lossOut: Tensor,
+  ): void {
+    const gpu = this.gpu;
+    zeroGrads(gpu, this.online);
+    const gradScale = 1 / microBatches.length;
+    microBatches.forEach(({ view1, view2 }, micro) => {
+      if (this.config.loss.kind === "infonce") {
+        // SimCLR: both views' online projections against each other, 2n-2 negatives.
+        const h1 = this.online.forward(view1, false);
+        const h2 = this.online.forward(view2, false);
+        const [d1, d2] = [this.scratch(h1), this.scratch(h2)];
+        this.loss.infoNce(h1, h2, d1, d2, lossOut, micro);
+        this.online.backward(this.scaled(d2, gradScale), false);
+        this.online.backward(this.scaled(d1, gradScale), false);
+      } else {
+        const p1 = this.online.forward(view1, true);
+        const p2 = this.online.forward(view2, true);
+        const z1 = this.target.forward(view1, false);
+        const z2 = this.target.forward(view2, false);
+        const [dp1, dp2] = [this.scratch(p1), this.scratch(p2)];
+        this.loss.direction(p1, z2, dp1, lossOut, 2 * micro);
+        this.loss.direction(p2, z1, dp2, lossOut, 2 * micro + 1);
+        this.online.backward(this.scaled(dp2, gradScale), true);
+        this.online.backward(this.scaled(dp1, gradScale), true);
+      }
+      this.onlineCtx.releaseActivations();
+      this.targetCtx.releaseActivations();
+    });
+    this.online.parameters().forEach((p, i) => {
+      larsStep(gpu, p.value, p.grad, this.velocity[i], this.norms, 2 * i, {
+        lr,
+        momentum: lars.momentum,
+        weightDecay: lars.weightDecay,
+        eta: lars.eta,
+        excluded: p.excludeFromLars,
+      });
+    });
+    for (const [target, online] of this.pairs()) emaUpdate(gpu, target, online, emaMomentum);
+  }
+
+  /** Loss values written per optimizer step (directions x micro-batches). */
+  lossSlots(microBatches: number): number {
+    return this.config.loss.kind === "infonce" ? microBatches : 2 * microBatches;
+  }
+
+  private scratch(like: Tensor): Tensor {
+    return this.onlineCtx.activation(like.shape);
+  }
+
+  private scaled(gradient: Tensor, factor: number): Tensor {
+    if (factor === 1) return gradient;
+    const out = this.onlineCtx.activation(gradient.shape);
+    scale(this.gpu, gradient, factor, out);
+    return out;
+  }
+}
+
+/** EMA momentum for step k of K (METHOD.md: rises from base to 1 on a cosine). */
+export { momentumAt };

@@ -1,0 +1,158 @@
+/**
+ * Named training configurations. Every value a run uses lives here (or comes from a flag) and is
+ * written to the run's config.json; each preset lists how it departs from METHOD.md and why.
+ */
+import type { Arch } from "../models/resnet.ts";
+import type { LossConfig } from "../kernels/ssl_loss.ts";
+
+/** Datasets the tasks can load. */
+export type DatasetName = "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "folder";
+
+/** Everything a training run needs. */
+export interface TrainConfig {
+  preset: string;
+  /** Human-readable departures from METHOD.md (empty for the paper's recipe). */
+  deviations: string[];
+  arch: Arch;
+  /** Stage widths (torchvision: 64, 128, 256, 512). */
+  widths: [number, number, number, number];
+  /** 3x3 stride-1 stem without max pool. */
+  smallImage: boolean;
+  dataset: DatasetName;
+  /** Dataset directory (undefined: the dataset's default location). */
+  data?: string;
+  /** Training resolution (square). */
+  imageSize: number;
+  /** Augmentation recipe: METHOD.md's ImageNet views or the small grayscale variant. */
+  augment: "imagenet" | "small";
+  /** Per-branch random batch rescale of the released code. */
+  randomRescale: boolean;
+  /** Images per micro-batch (negatives come from one micro-batch). */
+  batch: number;
+  /** Micro-batches per optimizer step (gradient accumulation). */
+  accum: number;
+  /** Length of the run: epochs over the training split, or an explicit step count. */
+  epochs: number;
+  steps?: number;
+  /** Base learning rate (already scaled for the effective batch). */
+  lr: number;
+  warmupEpochs: number;
+  momentum: number;
+  weightDecay: number;
+  eta: number;
+  /** EMA base momentum (rises to 1 on a cosine). */
+  emaBase: number;
+  projectorHidden: number;
+  projectorOut: number;
+  predictorHidden: number;
+  loss: LossConfig;
+  seed: number;
+  /** Optimizer steps between loss log lines. */
+  logEvery: number;
+  /** Optimizer steps between kNN evaluations (0: only at the end). */
+  evalEvery: number;
+  /** kNN monitor: neighbours, temperature, training images in the memory bank (0: all). */
+  knnK: number;
+  knnTemperature: number;
+  knnBankSize: number;
+  /** Test images evaluated (0: all). */
+  evalTestSize: number;
+  /** Linear probe: epochs over the bank images, base lr at batch 256, batch. */
+  probeEpochs: number;
+  probeLr: number;
+  probeBatch: number;
+}
+
+const TRIPLET_DEFAULT: LossConfig = {
+  kind: "triplet",
+  window: [2, 10],
+  margin: 100,
+  gamma: 2,
+  temperature: 0.1,
+};
+
+/** Presets by name; `small` is the default. */
+export const PRESETS: Record<string, TrainConfig> = {
+  small: {
+    preset: "small",
+    deviations: [
+      "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 16/32/64/128, " +
+      "to train in minutes on a CPU adapter",
+      "28x28 grayscale Fashion-MNIST: colour ops are no-ops, crop scale from 0.3 instead of 0.08",
+      "projector/predictor 128 -> 512 -> 64 (METHOD.md: 2048 -> 4096 -> 256), scaled with the backbone",
+      "batch 128 on one device, lr 4.8*128/4096 scaled up by 4 for a short run, 1 warm-up epoch",
+      "smoothed rank-k window [2, 10] kept; with 10 classes ~13 same-class negatives fall in a " +
+      "batch of 128, so bernoulliK suggests a larger k (printed at start; see EXPERIMENTS.md)",
+      "linear probe and kNN on a subset of the training split to fit the time budget",
+    ],
+    arch: "resnet18",
+    widths: [16, 32, 64, 128],
+    smallImage: true,
+    dataset: "fashion-mnist",
+    imageSize: 28,
+    augment: "small",
+    randomRescale: false,
+    batch: 128,
+    accum: 1,
+    epochs: 1,
+    steps: 150,
+    lr: 0.6,
+    warmupEpochs: 0.1,
+    momentum: 0.9,
+    weightDecay: 1e-6,
+    eta: 0.001,
+    emaBase: 0.99,
+    projectorHidden: 512,
+    projectorOut: 64,
+    predictorHidden: 512,
+    loss: TRIPLET_DEFAULT,
+    seed: 0,
+    logEvery: 10,
+    evalEvery: 0,
+    knnK: 200,
+    knnTemperature: 0.1,
+    knnBankSize: 10000,
+    evalTestSize: 0,
+    probeEpochs: 10,
+    probeLr: 0.15,
+    probeBatch: 256,
+  },
+  "resnet50-imagenet": {
+    preset: "resnet50-imagenet",
+    deviations: [
+      "one device, no synchronised BN; batch per step set by --batch (METHOD.md: 196 per GPU x 8 " +
+      "GPUs x accumulation), lr = 4.8 * batch * accum / 4096",
+      "fp32 (the released runs used fp16)",
+    ],
+    arch: "resnet50",
+    widths: [64, 128, 256, 512],
+    smallImage: false,
+    dataset: "folder",
+    imageSize: 224,
+    augment: "imagenet",
+    randomRescale: true,
+    batch: 64,
+    accum: 1,
+    epochs: 200,
+    lr: 4.8 * 64 / 4096,
+    warmupEpochs: 10,
+    momentum: 0.9,
+    weightDecay: 1e-6,
+    eta: 0.001,
+    emaBase: 0.99,
+    projectorHidden: 4096,
+    projectorOut: 256,
+    predictorHidden: 4096,
+    loss: TRIPLET_DEFAULT,
+    seed: 0,
+    logEvery: 20,
+    evalEvery: 0,
+    knnK: 200,
+    knnTemperature: 0.1,
+    knnBankSize: 0,
+    evalTestSize: 0,
+    probeEpochs: 100,
+    probeLr: 0.15,
+    probeBatch: 256,
+  },
+};
