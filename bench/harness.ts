@@ -98,7 +98,9 @@ export function formatTable(rows: BenchRow[]): string {
   ];
   for (const r of rows) {
     const ratio = r.ratio === undefined ? "-" : `${r.ratio.toFixed(1)}x`;
-    lines.push(`| ${r.part} | ${r.case} | ${fmt(r.ours)} | ${fmt(r.tfjs)} | ${ratio} | ${r.note ?? ""} |`);
+    lines.push(
+      `| ${r.part} | ${r.case} | ${fmt(r.ours)} | ${fmt(r.tfjs)} | ${ratio} | ${r.note ?? ""} |`,
+    );
   }
   return lines.join("\n");
 }

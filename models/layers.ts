@@ -17,6 +17,14 @@ import {
   conv2dWeightGrad,
 } from "../kernels/conv2d.ts";
 import {
+  globalAvgPoolBackward,
+  globalAvgPoolForward,
+  maxPoolBackward,
+  maxPoolForward,
+  maxPoolOutputSize,
+  type PoolShape,
+} from "../kernels/pool.ts";
+import {
   batchNormBackward,
   batchNormEvalForward,
   batchNormTrainForward,
@@ -37,8 +45,8 @@ export class Context {
   constructor(readonly gpu: Gpu) {}
 
   /** A new activation tensor, released by {@link releaseActivations} at the end of the step. */
-  activation(shape: number[]): Tensor {
-    const t = this.gpu.empty(shape, "f32");
+  activation(shape: number[], dtype: "f32" | "u32" = "f32"): Tensor {
+    const t = this.gpu.empty(shape, dtype);
     this.activations.push(t);
     return t;
   }
@@ -374,5 +382,59 @@ export class Linear implements Module {
   }
   states(): StateTensor[] {
     return [];
+  }
+}
+
+function poolShapeOf(x: Tensor, who: string): PoolShape {
+  if (x.shape.length !== 4) throw new Error(`${who}: expected NHWC input, got [${x.shape}]`);
+  const [batch, height, width, channels] = x.shape;
+  return { batch, height, width, channels };
+}
+
+/** 3x3 stride-2 padding-1 max pool (the ResNet stem), argmax saved for the backward. */
+export class MaxPool {
+  private saved: { argmax: Tensor; shape: PoolShape }[] = [];
+  constructor(private ctx: Context) {}
+
+  forward(x: Tensor): Tensor {
+    const shape = poolShapeOf(x, "maxpool");
+    const { height, width } = maxPoolOutputSize(shape);
+    const outShape = [shape.batch, height, width, shape.channels];
+    const y = this.ctx.activation(outShape);
+    const argmax = this.ctx.activation(outShape, "u32");
+    maxPoolForward(this.ctx.gpu, x, y, argmax, shape);
+    if (this.ctx.keepsForBackward) this.saved.push({ argmax, shape });
+    return y;
+  }
+
+  backward(dy: Tensor): Tensor {
+    const saved = this.saved.pop();
+    if (!saved) throw new Error("maxpool: backward without a saved forward");
+    const { shape } = saved;
+    const dx = this.ctx.activation([shape.batch, shape.height, shape.width, shape.channels]);
+    maxPoolBackward(this.ctx.gpu, dy, saved.argmax, dx, shape);
+    return dx;
+  }
+}
+
+/** Global average pool [N, H, W, C] -> [N, C]. */
+export class GlobalAvgPool {
+  private saved: PoolShape[] = [];
+  constructor(private ctx: Context) {}
+
+  forward(x: Tensor): Tensor {
+    const shape = poolShapeOf(x, "avgpool");
+    const y = this.ctx.activation([shape.batch, shape.channels]);
+    globalAvgPoolForward(this.ctx.gpu, x, y, shape);
+    if (this.ctx.keepsForBackward) this.saved.push(shape);
+    return y;
+  }
+
+  backward(dy: Tensor): Tensor {
+    const shape = this.saved.pop();
+    if (!shape) throw new Error("avgpool: backward without a saved forward");
+    const dx = this.ctx.activation([shape.batch, shape.height, shape.width, shape.channels]);
+    globalAvgPoolBackward(this.ctx.gpu, dy, dx, shape);
+    return dx;
   }
 }

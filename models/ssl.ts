@@ -29,6 +29,14 @@ export interface LarsConfig {
   eta: number;
 }
 
+/** The two views of one micro-batch; the target may get differently rescaled copies. */
+export interface MicroBatch {
+  view1: Tensor;
+  view2: Tensor;
+  targetView1?: Tensor;
+  targetView2?: Tensor;
+}
+
 /** Backbone + projector (+ predictor for the online branch). */
 export class Branch implements Module {
   readonly backbone: ResNet;
@@ -130,15 +138,17 @@ export class SslModel {
 
   /** Make the target an exact copy of the online network (initialisation). */
   copyOnlineToTarget(): void {
-    for (const [target, online] of this.pairs()) emaUpdate(this.gpu, target, online, 0);
+    const pairs = this.pairs();
+    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), 0);
   }
 
   /**
-   * One optimizer step over `microBatches` (each: the two augmented views, NHWC). Writes the
-   * loss of every direction and micro-batch into `lossOut` (no readback here).
+   * One optimizer step over `microBatches` (each: the two augmented views, NHWC; the target
+   * branch may see its own rescaled copies). Writes the loss of every direction and micro-batch
+   * into `lossOut` (no readback here).
    */
   step(
-    microBatches: { view1: Tensor; view2: Tensor }[],
+    microBatches: MicroBatch[],
     lr: number,
     emaMomentum: number,
     lars: LarsConfig,
@@ -147,7 +157,7 @@ export class SslModel {
     const gpu = this.gpu;
     zeroGrads(gpu, this.online);
     const gradScale = 1 / microBatches.length;
-    microBatches.forEach(({ view1, view2 }, micro) => {
+    microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
       if (this.config.loss.kind === "infonce") {
         // SimCLR: both views' online projections against each other, 2n-2 negatives.
         const h1 = this.online.forward(view1, false);
@@ -159,8 +169,8 @@ export class SslModel {
       } else {
         const p1 = this.online.forward(view1, true);
         const p2 = this.online.forward(view2, true);
-        const z1 = this.target.forward(view1, false);
-        const z2 = this.target.forward(view2, false);
+        const z1 = this.target.forward(targetView1 ?? view1, false);
+        const z2 = this.target.forward(targetView2 ?? view2, false);
         const [dp1, dp2] = [this.scratch(p1), this.scratch(p2)];
         this.loss.direction(p1, z2, dp1, lossOut, 2 * micro);
         this.loss.direction(p2, z1, dp2, lossOut, 2 * micro + 1);
@@ -179,7 +189,8 @@ export class SslModel {
         excluded: p.excludeFromLars,
       });
     });
-    for (const [target, online] of this.pairs()) emaUpdate(gpu, target, online, emaMomentum);
+    const pairs = this.pairs();
+    emaUpdate(gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), emaMomentum);
   }
 
   /** Loss values written per optimizer step (directions x micro-batches). */

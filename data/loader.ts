@@ -1,0 +1,191 @@
+/**
+ * Batches for training and evaluation, one step ahead: when step k is handed out, step k+1's
+ * samples are already being read (and decoded, for image folders), and as soon as they arrive
+ * they are uploaded and augmented on the GPU, so the next step never waits for the data.
+ *
+ * Deterministic given the seed: the sample order of epoch e is shuffledOrder(length, seed, e),
+ * step k covers positions [k mod S * B, ...) of epoch floor(k / S) (S steps per epoch, B the
+ * batch size), and the views of step k use augmentation step k. Resuming at a step reproduces
+ * the same batches. With gradient accumulation every micro-batch is one loader step (so each has
+ * its own augmentation stream): optimizer step k uses loader steps k*A .. k*A+A-1.
+ */
+import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { type Dataset, shuffledOrder } from "./dataset.ts";
+import {
+  type Augmenter,
+  type BranchViews,
+  releaseBranches,
+  uploadPixels,
+  type Views,
+} from "./augment.ts";
+
+/** Options of {@link BatchLoader}. */
+export interface LoaderOptions {
+  batchSize: number;
+  seed: number;
+  /** The first step (to resume a run). Default 0. */
+  startStep?: number;
+  /** When given, every batch also carries its two augmented views. */
+  augmenter?: Augmenter;
+  /** Shuffle every epoch (default true); false walks the dataset in order (evaluation). */
+  shuffle?: boolean;
+  /** Drop the last incomplete batch of an epoch (default true: BatchNorm wants full batches). */
+  dropLast?: boolean;
+}
+
+/** One step's data, on the GPU. */
+export interface Batch {
+  step: number;
+  epoch: number;
+  /** Dataset indices of the samples, in batch order. */
+  indices: Uint32Array;
+  /** [N, H, W, C] f32 in [0, 1], not normalised. */
+  images: Tensor;
+  labels: Int32Array;
+  /** The two normalised views (when the loader has an augmenter). */
+  views?: Views;
+  /**
+   * The branch inputs (when the loader has an augmenter): the views rescaled per branch when the
+   * augment config has `rescale`, otherwise the views themselves (online = target = views).
+   */
+  branches?: BranchViews;
+  /** Release every tensor of the batch. */
+  release(): void;
+}
+
+/** Yields batches in order of steps, the next one prefetched. */
+export class BatchLoader {
+  readonly stepsPerEpoch: number;
+  private nextStep: number;
+  private pending: { step: number; batch: Promise<Batch> } | undefined;
+  private orders = new Map<number, Uint32Array>();
+  private closed = false;
+
+  constructor(readonly gpu: Gpu, readonly dataset: Dataset, readonly options: LoaderOptions) {
+    const { batchSize } = options;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new Error(`batch size must be a positive integer, not ${batchSize}`);
+    }
+    const dropLast = options.dropLast ?? true;
+    this.stepsPerEpoch = dropLast
+      ? Math.floor(dataset.length / batchSize)
+      : Math.ceil(dataset.length / batchSize);
+    if (this.stepsPerEpoch === 0) {
+      throw new Error(
+        `${dataset.name} has ${dataset.length} samples, fewer than one batch of ${batchSize}: ` +
+          "lower the batch size",
+      );
+    }
+    const augmenter = options.augmenter;
+    if (augmenter) {
+      const { height, width, channels } = augmenter.input;
+      if (height !== dataset.height || width !== dataset.width || channels !== dataset.channels) {
+        throw new Error(
+          `augmenter expects ${height}x${width}x${channels} images, ${dataset.name} has ` +
+            `${dataset.height}x${dataset.width}x${dataset.channels}`,
+        );
+      }
+    }
+    this.nextStep = options.startStep ?? 0;
+  }
+
+  /** The dataset indices of a step's samples. */
+  indicesOf(step: number): Uint32Array {
+    const epoch = Math.floor(step / this.stepsPerEpoch);
+    const start = (step % this.stepsPerEpoch) * this.options.batchSize;
+    const end = Math.min(start + this.options.batchSize, this.dataset.length);
+    return this.order(epoch).subarray(start, end);
+  }
+
+  /**
+   * The batch of the next step. Loading of the step after it starts now, so it is read,
+   * uploaded and augmented while the caller works on this one.
+   */
+  next(): Promise<Batch> {
+    if (this.closed) return Promise.reject(new Error("BatchLoader: next() after close()"));
+    const step = this.nextStep++;
+    const current = this.pending?.step === step ? this.pending.batch : this.load(step);
+    this.pending = { step: step + 1, batch: this.load(step + 1) };
+    return current;
+  }
+
+  /** Batches forever (stop with `break`; then call close()). */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Batch> {
+    while (!this.closed) yield await this.next();
+  }
+
+  /** Drop the prefetched batch (releasing its tensors); the loader cannot be used afterwards. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const pending = this.pending;
+    this.pending = undefined;
+    if (pending) {
+      try {
+        (await pending.batch).release();
+      } catch {
+        // A failed prefetch nobody asked for is not an error.
+      }
+    }
+  }
+
+  private order(epoch: number): Uint32Array {
+    let order = this.orders.get(epoch);
+    if (!order) {
+      const length = this.dataset.length;
+      order = this.options.shuffle === false
+        ? Uint32Array.from({ length }, (_, i) => i)
+        : shuffledOrder(length, this.options.seed, epoch);
+      // Keep the current and the next epoch only.
+      for (const e of this.orders.keys()) if (e < epoch - 1) this.orders.delete(e);
+      this.orders.set(epoch, order);
+    }
+    return order;
+  }
+
+  private load(step: number): Promise<Batch> {
+    const indices = this.indicesOf(step);
+    const epoch = Math.floor(step / this.stepsPerEpoch);
+    const { dataset, gpu } = this;
+    const augmenter = this.options.augmenter;
+    const promise = dataset.batch(indices).then(({ pixels, labels }): Batch => {
+      const n = indices.length;
+      const images = uploadPixels(gpu, pixels, [
+        n,
+        dataset.height,
+        dataset.width,
+        dataset.channels,
+      ]);
+      const views = augmenter?.views(images, this.options.seed, step);
+      const branches = views && augmenter
+        ? branchInputs(augmenter, views, this.options.seed, step)
+        : undefined;
+      return {
+        step,
+        epoch,
+        indices,
+        images,
+        labels,
+        views,
+        branches,
+        release() {
+          images.release();
+          if (views && branches) releaseBranches(views, branches);
+        },
+      };
+    });
+    // Errors surface when the batch is asked for, not as an unhandled rejection before that.
+    promise.catch(() => {});
+    return promise;
+  }
+}
+
+/** The rescaled branch inputs, or the views themselves when the config has no rescale. */
+function branchInputs(augmenter: Augmenter, views: Views, seed: number, step: number): BranchViews {
+  if (augmenter.config.rescale) return augmenter.rescaleBranches(views, seed, step);
+  const size = augmenter.outputSize;
+  return {
+    sizes: { online: [size, size], target: [size, size] },
+    online: [views.view1, views.view2],
+    target: [views.view1, views.view2],
+  };
+}

@@ -1,0 +1,299 @@
+/**
+ * Batch normalisation over a [rows, C] matrix (BatchNorm2d on NHWC activations with
+ * rows = N*H*W, BatchNorm1d with rows = N): training forward (batch statistics, running-stat
+ * update), evaluation forward, and the training backward, each optionally fused with a ReLU.
+ * All reductions are deterministic two-pass column reductions (see batchnorm.wgsl).
+ */
+import {
+  ceilDiv,
+  type Gpu,
+  grid1d,
+  type Kernel,
+  packUniforms,
+  type Tensor,
+} from "../runtime/gpu.ts";
+
+/** The matrix a BatchNorm sees, and its hyper-parameters (PyTorch defaults). */
+export interface BatchNormShape {
+  rows: number;
+  channels: number;
+  /** Added to the variance before the square root (default 1e-5). */
+  eps?: number;
+  /** Weight of the batch statistic in the running average (default 0.1). */
+  momentum?: number;
+}
+
+const DEFAULT_EPS = 1e-5;
+const DEFAULT_MOMENTUM = 0.1;
+const WORKGROUP_THREADS = 256;
+/** Rows one thread of stats_partial holds in registers per step (CHUNK in the WGSL). */
+const STATS_CHUNK = 8;
+/** Enough workgroups in a partial pass to fill a large GPU; more only adds partials to merge. */
+const TARGET_PARTIAL_WORKGROUPS = 512;
+const ELEMENTS_PER_WORKGROUP = WORKGROUP_THREADS * 4;
+
+/** Named storage buffers in binding order (batchnorm.wgsl bindings 1..15). */
+const BINDINGS = [
+  "x",
+  "gamma",
+  "beta",
+  "mean",
+  "invStd",
+  "runningMean",
+  "runningVar",
+  "partials",
+  "y",
+  "dy",
+  "reluOut",
+  "gradSums",
+  "dgamma",
+  "dbeta",
+  "dx",
+] as const;
+type BindingName = typeof BINDINGS[number];
+
+function storage(buffers: Partial<Record<BindingName, Tensor>>): (Tensor | null)[] {
+  return BINDINGS.map((name) => buffers[name] ?? null);
+}
+
+/** How a column reduction over [rows, C] is split into workgroups. */
+interface Layout {
+  /** Channels per workgroup (a power of two from 4 to 64). */
+  tileChannels: number;
+  channelTiles: number;
+  rowsPerBlock: number;
+  numBlocks: number;
+}
+
+/**
+ * Pick the channel tile (wide enough for coalesced reads, no wider than needed) and the row
+ * blocks (enough workgroups to fill the GPU, each row block a whole number of thread steps).
+ */
+function reductionLayout(rows: number, channels: number, rowsPerStep: number): Layout {
+  let tileChannels = 4;
+  while (tileChannels < 64 && tileChannels < channels) tileChannels *= 2;
+  const lanes = WORKGROUP_THREADS / tileChannels;
+  const channelTiles = ceilDiv(channels, tileChannels);
+  const step = lanes * rowsPerStep;
+  const maxBlocks = Math.max(1, ceilDiv(rows, step));
+  const wantedBlocks = Math.min(
+    maxBlocks,
+    Math.max(1, ceilDiv(TARGET_PARTIAL_WORKGROUPS, channelTiles)),
+  );
+  const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), step) * step;
+  return {
+    tileChannels,
+    channelTiles,
+    rowsPerBlock,
+    numBlocks: Math.max(1, ceilDiv(rows, rowsPerBlock)),
+  };
+}
+
+function uniforms(s: BatchNormShape, layout?: Layout): ArrayBuffer {
+  return packUniforms([
+    ["u32", s.rows],
+    ["u32", s.channels],
+    ["u32", layout?.rowsPerBlock ?? 0],
+    ["u32", layout?.numBlocks ?? 0],
+    ["u32", s.rows * s.channels],
+    ["f32", s.eps ?? DEFAULT_EPS],
+    ["f32", s.momentum ?? DEFAULT_MOMENTUM],
+    ["u32", 0],
+  ]);
+}
+
+function kernel(
+  gpu: Gpu,
+  entryPoint: string,
+  constants: Record<string, number>,
+): Kernel {
+  return gpu.kernel("batchnorm", { entryPoint, constants });
+}
+
+function checkShape(name: string, s: BatchNormShape, minRows: number): void {
+  if (!Number.isInteger(s.rows) || s.rows < minRows) {
+    throw new Error(
+      `${name}: rows must be an integer >= ${minRows}, got ${s.rows}` +
+        (minRows > 1 ? " (batch statistics need more than one value per channel)" : ""),
+    );
+  }
+  if (!Number.isInteger(s.channels) || s.channels < 1) {
+    throw new Error(`${name}: channels must be a positive integer, got ${s.channels}`);
+  }
+  if (s.rows * s.channels >= 2 ** 32) throw new Error(`${name}: rows * channels exceeds 2^32`);
+  if ((s.eps ?? DEFAULT_EPS) < 0) throw new Error(`${name}: eps must be >= 0`);
+}
+
+function checkSizes(name: string, s: BatchNormShape, tensors: Record<string, Tensor>): void {
+  for (const [label, t] of Object.entries(tensors)) {
+    const perChannel = !["x", "y", "dy", "dx", "reluOutput"].includes(label);
+    const want = perChannel ? s.channels : s.rows * s.channels;
+    if (t.size !== want) {
+      throw new Error(
+        `${name}: ${label} has shape [${t.shape}] (${t.size} values), expected ${want} ` +
+          (perChannel ? `(channels)` : `(rows ${s.rows} x channels ${s.channels})`),
+      );
+    }
+    if (t.dtype !== "f32") throw new Error(`${name}: ${label} must be f32`);
+  }
+}
+
+/** WebGPU forbids binding one buffer as both read-only and writable in a dispatch. */
+function checkNotInPlace(name: string, output: [string, Tensor], inputs: Record<string, Tensor>) {
+  for (const [label, t] of Object.entries(inputs)) {
+    if (t.buffer === output[1].buffer) {
+      throw new Error(
+        `${name}: ${output[0]} shares a buffer with ${label} (in place is unsupported)`,
+      );
+    }
+  }
+}
+
+function elementwiseGrid(gpu: Gpu, s: BatchNormShape): [number, number] {
+  return grid1d(
+    ceilDiv(s.rows * s.channels, ELEMENTS_PER_WORKGROUP),
+    gpu.limits.maxComputeWorkgroupsPerDimension,
+  );
+}
+
+/**
+ * Training-mode forward: normalise with this batch's mean and biased variance, write
+ * saveMean / saveInvStd (1/sqrt(var + eps)) for the backward, and update the running statistics
+ * in place, PyTorch-style: running = (1 - momentum) * running + momentum * batch, with the
+ * unbiased variance (rows / (rows - 1)) for runningVar.
+ */
+export function batchNormTrainForward(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  runningMean: Tensor,
+  runningVar: Tensor,
+  y: Tensor,
+  saveMean: Tensor,
+  saveInvStd: Tensor,
+  s: BatchNormShape,
+  options: { relu?: boolean } = {},
+): void {
+  const name = "batchNormTrainForward";
+  checkShape(name, s, 2);
+  checkSizes(name, s, { x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd });
+  checkNotInPlace(name, ["y", y], { x, gamma, beta });
+  const layout = reductionLayout(s.rows, s.channels, STATS_CHUNK);
+  const tile = { TILE_C: layout.tileChannels };
+  const partials = gpu.empty([layout.numBlocks, 3, s.channels], "f32", "batchnorm partials");
+  const params = uniforms(s, layout);
+  gpu.dispatch(kernel(gpu, "stats_partial", tile), {
+    uniforms: params,
+    storage: storage({ x, partials }),
+    workgroups: [layout.channelTiles, layout.numBlocks],
+  });
+  gpu.dispatch(kernel(gpu, "stats_final", tile), {
+    uniforms: params,
+    storage: storage({ partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar }),
+    workgroups: [layout.channelTiles],
+  });
+  gpu.dispatch(kernel(gpu, "normalize", { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 0 }), {
+    uniforms: params,
+    storage: storage({ x, gamma, beta, mean: saveMean, invStd: saveInvStd, y }),
+    workgroups: elementwiseGrid(gpu, s),
+  });
+  partials.release();
+}
+
+/** Evaluation-mode forward: y = (x - runningMean) / sqrt(runningVar + eps) * gamma + beta. */
+export function batchNormEvalForward(
+  gpu: Gpu,
+  x: Tensor,
+  gamma: Tensor,
+  beta: Tensor,
+  runningMean: Tensor,
+  runningVar: Tensor,
+  y: Tensor,
+  s: BatchNormShape,
+  options: { relu?: boolean } = {},
+): void {
+  const name = "batchNormEvalForward";
+  checkShape(name, s, 1);
+  checkSizes(name, s, { x, gamma, beta, runningMean, runningVar, y });
+  checkNotInPlace(name, ["y", y], { x, gamma, beta });
+  gpu.dispatch(kernel(gpu, "normalize", { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 1 }), {
+    uniforms: uniforms(s),
+    storage: storage({ x, gamma, beta, mean: runningMean, invStd: runningVar, y }),
+    workgroups: elementwiseGrid(gpu, s),
+  });
+}
+
+/**
+ * Training-mode backward from the forward's saveMean / saveInvStd: dx (overwritten) and
+ * dgamma / dbeta (overwritten, or added to with `accumulate`). When the forward fused a ReLU,
+ * pass its output as `reluOutput` so dy is masked where the output was not positive.
+ */
+export function batchNormBackward(
+  gpu: Gpu,
+  x: Tensor,
+  dy: Tensor,
+  gamma: Tensor,
+  saveMean: Tensor,
+  saveInvStd: Tensor,
+  dx: Tensor,
+  dgamma: Tensor,
+  dbeta: Tensor,
+  s: BatchNormShape,
+  options: { reluOutput?: Tensor; accumulate?: boolean } = {},
+): void {
+  const name = "batchNormBackward";
+  checkShape(name, s, 1);
+  const reluOutput = options.reluOutput;
+  checkSizes(name, s, {
+    x,
+    dy,
+    gamma,
+    saveMean,
+    saveInvStd,
+    dx,
+    dgamma,
+    dbeta,
+    ...(reluOutput ? { reluOutput } : {}),
+  });
+  checkNotInPlace(name, ["dx", dx], { x, dy, gamma, ...(reluOutput ? { reluOutput } : {}) });
+  const layout = reductionLayout(s.rows, s.channels, 1);
+  const relu = reluOutput ? 1 : 0;
+  const partials = gpu.empty([layout.numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
+  const gradSums = gpu.empty([2, s.channels], "f32", "batchnorm grad sums");
+  const params = uniforms(s, layout);
+  // Without a fused ReLU the mask binding is never read, but it is statically used: bind dy.
+  const mask = reluOutput ?? dy;
+  gpu.dispatch(kernel(gpu, "grad_partial", { TILE_C: layout.tileChannels, RELU: relu }), {
+    uniforms: params,
+    storage: storage({ x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials }),
+    workgroups: [layout.channelTiles, layout.numBlocks],
+  });
+  gpu.dispatch(
+    kernel(gpu, "grad_final", {
+      TILE_C: layout.tileChannels,
+      ACCUMULATE: options.accumulate ? 1 : 0,
+    }),
+    {
+      uniforms: params,
+      storage: storage({ partials, gradSums, dgamma, dbeta }),
+      workgroups: [layout.channelTiles],
+    },
+  );
+  gpu.dispatch(kernel(gpu, "input_grad", { RELU: relu }), {
+    uniforms: params,
+    storage: storage({
+      x,
+      dy,
+      reluOut: mask,
+      gamma,
+      mean: saveMean,
+      invStd: saveInvStd,
+      gradSums,
+      dx,
+    }),
+    workgroups: elementwiseGrid(gpu, s),
+  });
+  partials.release();
+  gradSums.release();
+}

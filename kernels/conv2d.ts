@@ -1,0 +1,324 @@
+/**
+ * 2-D convolution (NHWC activations, HWIO weights): forward, input gradient, weight gradient and
+ * bias gradient. All three products are implicit GEMMs on one register-tiled template in
+ * `conv2d.wgsl`; this file only validates, picks a tile shape, binds and dispatches.
+ */
+import { type Bindable, ceilDiv, type Gpu, grid1d, type Tensor } from "../runtime/gpu.ts";
+
+/** Geometry of one convolution: square kernel, same stride and zero padding on both axes. */
+export interface Conv2dShape {
+  batch: number;
+  inHeight: number;
+  inWidth: number;
+  inChannels: number;
+  outChannels: number;
+  kernelSize: number;
+  stride: number;
+  padding: number;
+}
+
+/** Output height and width: floor((in + 2 padding - kernel) / stride) + 1. */
+export function conv2dOutputSize(s: Conv2dShape): { outHeight: number; outWidth: number } {
+  const outHeight = Math.floor((s.inHeight + 2 * s.padding - s.kernelSize) / s.stride) + 1;
+  const outWidth = Math.floor((s.inWidth + 2 * s.padding - s.kernelSize) / s.stride) + 1;
+  return { outHeight, outWidth };
+}
+
+/** y = conv(x, weight) + bias. x [N,H,W,Cin], weight [K,K,Cin,Cout], bias [Cout] or null. */
+export function conv2dForward(
+  gpu: Gpu,
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  y: Tensor,
+  s: Conv2dShape,
+): void {
+  const g = geometry(s, "conv2dForward");
+  expectShape("conv2dForward", "x", x, g.inShape);
+  expectShape("conv2dForward", "weight", weight, g.weightShape);
+  expectShape("conv2dForward", "y", y, g.outShape);
+  if (bias) expectShape("conv2dForward", "bias", bias, [s.outChannels]);
+  const m = s.batch * g.outHeight * g.outWidth;
+  const tile = chooseTile(gpu, m, s.outChannels, 1);
+  const kernel = gpu.kernel("conv2d", {
+    substitute: tile.substitute,
+    constants: { ...g.constants, PASS: PASS_FORWARD, HAS_BIAS: bias ? 1 : 0 },
+  });
+  gpu.dispatch(kernel, {
+    // The layout always has the bias binding (overrides do not remove it): bind weight instead.
+    storage: [bindable(x), bindable(weight), bindable(bias ?? weight), bindable(y)],
+    workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.outChannels, tile.tileN), 1],
+  });
+}
+
+/**
+ * dx = dL/dx from dy [N,Ho,Wo,Cout] and weight (dx is overwritten). One GEMM per stride phase
+ * (input row and column mod stride), each using only the kernel taps that reach that phase.
+ */
+export function conv2dInputGrad(
+  gpu: Gpu,
+  dy: Tensor,
+  weight: Tensor,
+  dx: Tensor,
+  s: Conv2dShape,
+): void {
+  const g = geometry(s, "conv2dInputGrad");
+  expectShape("conv2dInputGrad", "dy", dy, g.outShape);
+  expectShape("conv2dInputGrad", "weight", weight, g.weightShape);
+  expectShape("conv2dInputGrad", "dx", dx, g.inShape);
+  for (let phaseH = 0; phaseH < s.stride; phaseH++) {
+    for (let phaseW = 0; phaseW < s.stride; phaseW++) {
+      const rows = ceilDiv(s.inHeight - phaseH, s.stride);
+      const cols = ceilDiv(s.inWidth - phaseW, s.stride);
+      if (rows <= 0 || cols <= 0) continue;
+      const m = s.batch * rows * cols;
+      const tile = chooseTile(gpu, m, s.inChannels, s.stride * s.stride);
+      const kernel = gpu.kernel("conv2d", {
+        substitute: tile.substitute,
+        constants: { ...g.constants, PASS: PASS_INPUT_GRAD, PHASE_H: phaseH, PHASE_W: phaseW },
+      });
+      gpu.dispatch(kernel, {
+        storage: [bindable(dy), bindable(weight), bindable(weight), bindable(dx)],
+        workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.inChannels, tile.tileN), 1],
+      });
+    }
+  }
+}
+
+/**
+ * dweight = dL/dweight from x and dy, overwritten or (accumulate) added. The pixel sum is split
+ * into slices whose partial products a second pass adds in a fixed order: deterministic.
+ */
+export function conv2dWeightGrad(
+  gpu: Gpu,
+  x: Tensor,
+  dy: Tensor,
+  dweight: Tensor,
+  s: Conv2dShape,
+  options: { accumulate?: boolean } = {},
+): void {
+  const g = geometry(s, "conv2dWeightGrad");
+  expectShape("conv2dWeightGrad", "x", x, g.inShape);
+  expectShape("conv2dWeightGrad", "dy", dy, g.outShape);
+  expectShape("conv2dWeightGrad", "dweight", dweight, g.weightShape);
+  const accumulate = options.accumulate ?? false;
+  const m = s.kernelSize * s.kernelSize * s.inChannels;
+  const n = s.outChannels;
+  const pixels = s.batch * g.outHeight * g.outWidth;
+  const tile = chooseTile(gpu, m, n, 1);
+  const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
+  const { slices, sliceLen } = splitPixels(pixels, tiles, m * n, gpu);
+  const split = slices > 1;
+  const kernel = gpu.kernel("conv2d", {
+    substitute: tile.substitute,
+    constants: {
+      ...g.constants,
+      PASS: PASS_WEIGHT_GRAD,
+      SLICE_LEN: sliceLen,
+      SPLIT: split ? 1 : 0,
+      ACCUMULATE: accumulate ? 1 : 0,
+    },
+  });
+  const target = split ? gpu.empty([slices, m * n], "f32", "conv2d weight-grad slices") : null;
+  gpu.dispatch(kernel, {
+    storage: [bindable(x), bindable(dy), bindable(dy), target ?? bindable(dweight)],
+    workgroups: [ceilDiv(m, tile.tileM), ceilDiv(n, tile.tileN), slices],
+  });
+  if (target) {
+    reduceSlices(gpu, target, slices, m * n, dweight, accumulate);
+    target.release();
+  }
+}
+
+/** dbias = sum of dy over batch and pixels, overwritten or (accumulate) added; deterministic. */
+export function conv2dBiasGrad(
+  gpu: Gpu,
+  dy: Tensor,
+  dbias: Tensor,
+  s: Conv2dShape,
+  options: { accumulate?: boolean } = {},
+): void {
+  const g = geometry(s, "conv2dBiasGrad");
+  expectShape("conv2dBiasGrad", "dy", dy, g.outShape);
+  expectShape("conv2dBiasGrad", "dbias", dbias, [s.outChannels]);
+  const rows = s.batch * g.outHeight * g.outWidth;
+  // Each invocation sums one column quad over a slice of rows; aim for ~64-row slices, at most
+  // 256 of them, so the second pass stays short.
+  const slices = Math.max(1, Math.min(256, Math.floor(rows / 64)));
+  const sliceLen = ceilDiv(rows, slices);
+  const partial = gpu.empty([slices, s.outChannels], "f32", "conv2d bias-grad slices");
+  const quads = ceilDiv(s.outChannels, 4);
+  const kernel = gpu.kernel("conv2d", {
+    entryPoint: "bias_grad_partial",
+    substitute: DEFAULT_TILE.substitute,
+    constants: { ...g.constants, SLICES: slices, SLICE_LEN: sliceLen },
+  });
+  gpu.dispatch(kernel, {
+    storage: [bindable(dy), null, null, partial],
+    workgroups: [ceilDiv(quads * slices, 64), 1, 1],
+  });
+  reduceSlices(gpu, partial, slices, s.outChannels, dbias, options.accumulate ?? false);
+  partial.release();
+}
+
+// ---- internals ----
+
+const PASS_FORWARD = 0;
+const PASS_INPUT_GRAD = 1;
+const PASS_WEIGHT_GRAD = 2;
+
+/** Workgroup memory per unit of WG_X + WG_Y: TILE_K (16) x 16 floats of 4 bytes. */
+const TILE_BYTES_PER_THREAD_ROW = 16 * 32 * 4;
+
+interface TileShape {
+  tileM: number;
+  tileN: number;
+  substitute: Record<string, number>;
+}
+
+function tileShape(wgX: number, wgY: number): TileShape {
+  return { tileM: 32 * wgY, tileN: 16 * wgX, substitute: { WG_X: wgX, WG_Y: wgY } };
+}
+
+const DEFAULT_TILE = tileShape(4, 4);
+
+/**
+ * Pick the workgroup's thread grid (and so its TILE_M x TILE_N). Each invocation owns 16 x 16
+ * outputs; WG_X covers N without much waste, WG_Y fills 64 invocations, then shrinks while the
+ * grid would have too few workgroups to keep the device busy.
+ */
+function chooseTile(gpu: Gpu, m: number, n: number, parallelDispatches: number): TileShape {
+  const wgX = n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
+  let wgY = Math.min(32 / wgX, 8);
+  const minWorkgroups = 32;
+  const storageBytes = gpu.limits.maxComputeWorkgroupStorageSize;
+  while (
+    wgY > 1 &&
+    ((wgX + wgY) * TILE_BYTES_PER_THREAD_ROW > storageBytes ||
+      (wgY > 2 &&
+        ceilDiv(m, 32 * wgY) * ceilDiv(n, 16 * wgX) * parallelDispatches < minWorkgroups))
+  ) {
+    wgY /= 2;
+  }
+  return tileShape(wgX, wgY);
+}
+
+/** Split the weight gradient's pixel sum so the grid has enough workgroups; slices of >= 256. */
+function splitPixels(
+  pixels: number,
+  tiles: number,
+  outputSize: number,
+  gpu: Gpu,
+): { slices: number; sliceLen: number } {
+  const minWorkgroups = 32;
+  const minSliceLen = 256;
+  let slices = Math.max(
+    1,
+    Math.min(ceilDiv(minWorkgroups, tiles), Math.floor(pixels / minSliceLen)),
+  );
+  // The scratch must fit in one binding.
+  const maxSlices = Math.floor(gpu.maxBindingBytes / (4 * outputSize));
+  slices = Math.max(1, Math.min(slices, maxSlices));
+  const sliceLen = ceilDiv(ceilDiv(pixels, slices), 16) * 16;
+  return { slices: ceilDiv(pixels, sliceLen), sliceLen };
+}
+
+/** out (=, or += when accumulate) the sum over slices of partial [slices, length]. */
+function reduceSlices(
+  gpu: Gpu,
+  partial: Tensor,
+  slices: number,
+  length: number,
+  out: Tensor,
+  accumulate: boolean,
+): void {
+  const kernel = gpu.kernel("conv2d", {
+    entryPoint: "reduce_slices",
+    substitute: DEFAULT_TILE.substitute,
+    constants: { SLICES: slices, REDUCE_LEN: length, ACCUMULATE: accumulate ? 1 : 0 },
+  });
+  gpu.dispatch(kernel, {
+    storage: [partial, null, null, bindable(out)],
+    workgroups: grid1d(
+      ceilDiv(ceilDiv(length, 4), 64),
+      gpu.limits.maxComputeWorkgroupsPerDimension,
+    ),
+  });
+}
+
+interface Geometry {
+  outHeight: number;
+  outWidth: number;
+  inShape: number[];
+  weightShape: number[];
+  outShape: number[];
+  constants: Record<string, number>;
+}
+
+function geometry(s: Conv2dShape, op: string): Geometry {
+  for (
+    const key of [
+      "batch",
+      "inHeight",
+      "inWidth",
+      "inChannels",
+      "outChannels",
+      "kernelSize",
+      "stride",
+    ] as const
+  ) {
+    if (!Number.isInteger(s[key]) || s[key] < 1) {
+      throw new Error(`${op}: ${key} must be a positive integer, got ${s[key]}`);
+    }
+  }
+  if (!Number.isInteger(s.padding) || s.padding < 0) {
+    throw new Error(`${op}: padding must be a non-negative integer, got ${s.padding}`);
+  }
+  const { outHeight, outWidth } = conv2dOutputSize(s);
+  if (outHeight < 1 || outWidth < 1) {
+    throw new Error(
+      `${op}: a ${s.kernelSize}x${s.kernelSize} kernel with padding ${s.padding} does not fit ` +
+        `a ${s.inHeight}x${s.inWidth} input`,
+    );
+  }
+  return {
+    outHeight,
+    outWidth,
+    inShape: [s.batch, s.inHeight, s.inWidth, s.inChannels],
+    weightShape: [s.kernelSize, s.kernelSize, s.inChannels, s.outChannels],
+    outShape: [s.batch, outHeight, outWidth, s.outChannels],
+    constants: {
+      BATCH: s.batch,
+      IN_H: s.inHeight,
+      IN_W: s.inWidth,
+      IN_C: s.inChannels,
+      OUT_C: s.outChannels,
+      KERNEL: s.kernelSize,
+      STRIDE: s.stride,
+      PAD: s.padding,
+      OUT_H: outHeight,
+      OUT_W: outWidth,
+    },
+  };
+}
+
+function expectShape(op: string, name: string, t: Tensor, shape: number[]): void {
+  const same = t.shape.length === shape.length && t.shape.every((d, i) => d === shape[i]);
+  if (!same) throw new Error(`${op}: ${name} has shape [${t.shape}], expected [${shape}]`);
+  if (t.dtype !== "f32") throw new Error(`${op}: ${name} must be f32, got ${t.dtype}`);
+}
+
+/**
+ * The kernels read every tensor as an array of vec4, so a binding must cover whole quads: bind the
+ * whole (16-byte padded) buffer when the tensor starts at offset 0.
+ */
+function bindable(t: Tensor): Bindable {
+  if (t.byteOffset === 0) return t.buffer;
+  if (t.byteLength % 16 !== 0) {
+    throw new Error(
+      `conv2d: a tensor view at byte offset ${t.byteOffset} must hold a multiple of 4 elements ` +
+        `(shape [${t.shape}])`,
+    );
+  }
+  return t;
+}

@@ -1,0 +1,607 @@
+// 2-D convolution, forward and both gradients, as implicit GEMMs on one tiled template, plus the
+// deterministic reductions the weight and bias gradients finish with.
+//
+// Layouts: x NHWC [BATCH, IN_H, IN_W, IN_C]; weight HWIO [KERNEL, KERNEL, IN_C, OUT_C];
+// y / dy NHWC [BATCH, OUT_H, OUT_W, OUT_C]. Square kernels, equal stride and zero padding on both
+// axes. Every shape number is an `override`, so each layer gets its own pipeline and the index
+// arithmetic divides by constants (a multiply and a shift) instead of by runtime values.
+//
+// Entry point `main`, specialised by PASS, computes C = A · B tile by tile:
+//   PASS_FORWARD      y = im2col(x) · W (+ bias)      M = BATCH*OUT_H*OUT_W  N = OUT_C  K = KERNEL²*IN_C
+//   PASS_INPUT_GRAD   dx = dy-gather · Wᵀ, per phase   M = BATCH*PH_H*PH_W    N = IN_C   K = TAPS_H*TAPS_W*OUT_C
+//   PASS_WEIGHT_GRAD  dW = im2col(x)ᵀ · dy, per slice M = KERNEL²*IN_C        N = OUT_C  K = BATCH*OUT_H*OUT_W
+// The A loader computes im2col addresses on the fly; taps outside the image read as zero, which
+// is the zero padding. Nothing is materialised.
+//
+// Input gradient with stride s: input row h receives from kernel row kh only when
+// (h + PAD - kh) is a multiple of s. Pixels are split by phase (h mod s, w mod s); within one
+// phase the contributing kernel rows are fixed (kh = KH0, KH0 + s, ...) and the dy row is
+// BASE_H + h/s - tap, all integer arithmetic. One dispatch per phase (PHASE_H, PHASE_W), so no
+// multiply-by-zero taps are computed: stride 2 costs the same FLOPs as its forward.
+//
+// Weight gradient: K (the pixels) is cut into slices of SLICE_LEN (grid z); with one slice the
+// tile is written (or added, ACCUMULATE) straight into dW, otherwise each slice writes its partial
+// product to scratch [slices, M, N] and `reduce_slices` adds the slices in a fixed order. No
+// atomics, so the result is bitwise reproducible.
+//
+// Tiling: a workgroup of WG_X * WG_Y invocations computes a TILE_M x TILE_N block of C with
+// TILE_M = 16 WG_Y, TILE_N = 16 WG_X; each invocation owns a 16 x 16 block in registers (16 rows of
+// mat4x4 = 4 column quads). Per TILE_K = 16 step the workgroup stages A (k-major, rows packed in
+// vec4) and B (k-major, columns packed in vec4) in workgroup memory, loading global memory in
+// 4 x 4 blocks of vec4 and transposing in registers where the global layout runs along k. An
+// invocation then reads 4 vec4 of A and 4 of B per k for 256 multiply-adds. (On lavapipe, which
+// runs 8 invocations as SIMD lanes, every lane-varying load is a scalar loop over the lanes, so the
+// 16 x 16 register block - not arithmetic - is what sets the speed.)
+//
+// Bindings (all storage buffers are viewed as vec4 arrays; an element i is [i / 4][i % 4]; the
+// wrapper binds whole pooled buffers, which are padded to 16 bytes):
+//   1 in_a   (read)        forward, weight grad: x.  input grad: dy.  reductions: partial sums / dy
+//   2 in_b   (read)        forward, input grad: weight.  weight grad: dy
+//   3 bias   (read)        forward with HAS_BIAS: bias [OUT_C]
+//   4 out    (read_write)  forward: y.  input grad: dx.  weight grad: dW or scratch [slices, M, N]
+// Dispatch of `main`: (ceil(M / TILE_M), ceil(N / TILE_N), slices) workgroups of WG_X * WG_Y.
+//
+// `bias_grad_partial`: partial[s, c] = sum of dy[m, c] over the rows of slice s (SLICE_LEN rows);
+//   in_a = dy, out = partial [SLICES, OUT_C]; one invocation per (column quad, slice), 64 per
+//   workgroup, grid (ceil(quads * SLICES / 64)).
+// `reduce_slices`: out[i] = (ACCUMULATE ? out[i] : 0) + sum_s in_a[s * REDUCE_LEN + i], s in
+//   order; in_a = partials, out = result; one invocation per quad of out, 64 per workgroup, grid
+//   folded into (x, y) when large.
+
+// ---- Tile configuration (textual substitution: it sizes the workgroup arrays) ----
+const WG_X: u32 = {{WG_X}}u;
+const WG_Y: u32 = {{WG_Y}}u;
+const THREADS: u32 = WG_X * WG_Y;
+const TILE_M: u32 = 32u * WG_Y;
+const TILE_N: u32 = 16u * WG_X;
+const TILE_K: u32 = 16u;
+const ROW_QUADS: u32 = TILE_M / 4u;
+const COL_QUADS: u32 = TILE_N / 4u;
+const K_QUADS: u32 = TILE_K / 4u;
+
+const PASS_FORWARD: u32 = 0u;
+const PASS_INPUT_GRAD: u32 = 1u;
+const PASS_WEIGHT_GRAD: u32 = 2u;
+
+// ---- Shape (pipeline-overridable constants; defaults keep unused ones well defined) ----
+override PASS: u32 = 0u;
+override BATCH: u32 = 1u;
+override IN_H: u32 = 1u;
+override IN_W: u32 = 1u;
+override IN_C: u32 = 1u;
+override OUT_C: u32 = 1u;
+override KERNEL: u32 = 1u;
+override STRIDE: u32 = 1u;
+override PAD: u32 = 0u;
+override OUT_H: u32 = 1u;
+override OUT_W: u32 = 1u;
+override HAS_BIAS: bool = false;
+override ACCUMULATE: bool = false;
+// Weight gradient: pixels per K slice (a multiple of TILE_K); SPLIT when there is more than one.
+override SLICE_LEN: u32 = 16u;
+override SPLIT: bool = false;
+// Input gradient: which phase (input row mod STRIDE, column mod STRIDE) this pipeline computes.
+override PHASE_H: u32 = 0u;
+override PHASE_W: u32 = 0u;
+// Reductions.
+override SLICES: u32 = 1u;
+override REDUCE_LEN: u32 = 4u;
+
+override OUT_PIXELS: u32 = OUT_H * OUT_W;
+// Input gradient phase geometry: pixels of the phase, first kernel tap and tap count per axis,
+// and the dy row/column of the phase's pixel 0 at tap 0.
+override PH_H: u32 = (IN_H + STRIDE - 1u - PHASE_H) / STRIDE;
+override PH_W: u32 = (IN_W + STRIDE - 1u - PHASE_W) / STRIDE;
+override KH0: u32 = (PHASE_H + PAD) % STRIDE;
+override KW0: u32 = (PHASE_W + PAD) % STRIDE;
+override TAPS_H: u32 = (KERNEL + STRIDE - 1u - KH0) / STRIDE;
+override TAPS_W: u32 = (KERNEL + STRIDE - 1u - KW0) / STRIDE;
+override BASE_H: u32 = (PHASE_H + PAD - KH0) / STRIDE;
+override BASE_W: u32 = (PHASE_W + PAD - KW0) / STRIDE;
+
+// GEMM extents for this PASS.
+override GEMM_M: u32 = select(
+  select(BATCH * OUT_H * OUT_W, BATCH * PH_H * PH_W, PASS == PASS_INPUT_GRAD),
+  KERNEL * KERNEL * IN_C,
+  PASS == PASS_WEIGHT_GRAD,
+);
+override GEMM_N: u32 = select(OUT_C, IN_C, PASS == PASS_INPUT_GRAD);
+override GEMM_K: u32 = select(
+  select(KERNEL * KERNEL * IN_C, TAPS_H * TAPS_W * OUT_C, PASS == PASS_INPUT_GRAD),
+  BATCH * OUT_H * OUT_W,
+  PASS == PASS_WEIGHT_GRAD,
+);
+
+@group(0) @binding(1) var<storage, read> in_a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> in_b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+
+// tile_a[kk * ROW_QUADS + q] = A[m0 + 4q .. m0 + 4q + 3, k0 + kk]
+var<workgroup> tile_a: array<vec4<f32>, TILE_K * ROW_QUADS>;
+// tile_b[kk * COL_QUADS + q] = B[k0 + kk, n0 + 4q .. n0 + 4q + 3]
+var<workgroup> tile_b: array<vec4<f32>, TILE_K * COL_QUADS>;
+
+// The invocation's 16 x 16 block: acc[r][q] = C[row0 + r, col0 + 4q .. col0 + 4q + 3]. Only ever
+// indexed with constants, so it lives in registers.
+var<private> acc: array<mat4x4<f32>, 32>;
+
+fn element_a(i: u32) -> f32 {
+  return in_a[i / 4u][i % 4u];
+}
+
+fn element_b(i: u32) -> f32 {
+  return in_b[i / 4u][i % 4u];
+}
+
+// Whether 0 <= v < limit for a signed coordinate.
+fn inside(v: i32, limit: u32) -> bool {
+  return v >= 0 && v < i32(limit);
+}
+
+// ---- Forward loaders ----
+
+// x at output pixel m, for the 4 consecutive k = (kh, kw, ci) starting at k (a multiple of 4).
+fn forward_a(m: u32, k: u32) -> vec4<f32> {
+  if (m >= GEMM_M) {
+    return vec4<f32>(0.0);
+  }
+  let n = m / OUT_PIXELS;
+  let p = m % OUT_PIXELS;
+  let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
+  let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
+  if (IN_C % 4u == 0u) {
+    // The 4 channels share one tap and are one aligned vec4.
+    let tap = k / IN_C;
+    let ih = ih0 + i32(tap / KERNEL);
+    let iw = iw0 + i32(tap % KERNEL);
+    if (k >= GEMM_K || !inside(ih, IN_H) || !inside(iw, IN_W)) {
+      return vec4<f32>(0.0);
+    }
+    return in_a[(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + k % IN_C) / 4u];
+  }
+  return vec4<f32>(
+    x_tap_element(n, ih0, iw0, k, k < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 1u, k + 1u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 2u, k + 2u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 3u, k + 3u < GEMM_K),
+  );
+}
+
+// x at image n for the tap index kc = (kh, kw, ci), relative to the window corner (ih0, iw0);
+// zero when `valid` is false or the tap falls in the padding.
+fn x_tap_element(n: u32, ih0: i32, iw0: i32, kc: u32, valid: bool) -> f32 {
+  let tap = kc / IN_C;
+  let ih = ih0 + i32(tap / KERNEL);
+  let iw = iw0 + i32(tap % KERNEL);
+  if (!valid || !inside(ih, IN_H) || !inside(iw, IN_W)) {
+    return 0.0;
+  }
+  return element_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + kc % IN_C);
+}
+
+// ---- Input-gradient loaders (one phase) ----
+
+// dy for phase pixel m at the 4 consecutive k = (tap_h, tap_w, co) starting at k.
+fn input_grad_a(m: u32, k: u32) -> vec4<f32> {
+  if (m >= GEMM_M) {
+    return vec4<f32>(0.0);
+  }
+  let n = m / (PH_H * PH_W);
+  let p = m % (PH_H * PH_W);
+  let oh0 = i32(BASE_H + p / PH_W);
+  let ow0 = i32(BASE_W + p % PH_W);
+  if (OUT_C % 4u == 0u) {
+    let tap = k / OUT_C;
+    let oh = oh0 - i32(tap / TAPS_W);
+    let ow = ow0 - i32(tap % TAPS_W);
+    if (k >= GEMM_K || !inside(oh, OUT_H) || !inside(ow, OUT_W)) {
+      return vec4<f32>(0.0);
+    }
+    return in_a[(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C) / 4u];
+  }
+  return vec4<f32>(
+    input_grad_a_element(n, oh0, ow0, k),
+    input_grad_a_element(n, oh0, ow0, k + 1u),
+    input_grad_a_element(n, oh0, ow0, k + 2u),
+    input_grad_a_element(n, oh0, ow0, k + 3u),
+  );
+}
+
+fn input_grad_a_element(n: u32, oh0: i32, ow0: i32, k: u32) -> f32 {
+  let tap = k / OUT_C;
+  let oh = oh0 - i32(tap / TAPS_W);
+  let ow = ow0 - i32(tap % TAPS_W);
+  if (k >= GEMM_K || !inside(oh, OUT_H) || !inside(ow, OUT_W)) {
+    return 0.0;
+  }
+  return element_a(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C);
+}
+
+// Index in W of (phase tap, ci, co) for k = (tap_h, tap_w, co).
+fn input_grad_weight_index(k: u32, ci: u32) -> u32 {
+  let tap = k / OUT_C;
+  let kh = KH0 + STRIDE * (tap / TAPS_W);
+  let kw = KW0 + STRIDE * (tap % TAPS_W);
+  return ((kh * KERNEL + kw) * IN_C + ci) * OUT_C + k % OUT_C;
+}
+
+// Wᵀ for input channel ci at the 4 consecutive k starting at k (4 output channels of one tap).
+fn input_grad_b(k: u32, ci: u32) -> vec4<f32> {
+  if (ci >= IN_C) {
+    return vec4<f32>(0.0);
+  }
+  if (OUT_C % 4u == 0u) {
+    if (k >= GEMM_K) {
+      return vec4<f32>(0.0);
+    }
+    return in_b[input_grad_weight_index(k, ci) / 4u];
+  }
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u; j++) {
+    if (k + j < GEMM_K) {
+      v[j] = element_b(input_grad_weight_index(k + j, ci));
+    }
+  }
+  return v;
+}
+
+// ---- Weight-gradient loader (A; B is dy, read like the forward's B) ----
+
+// x for the 4 consecutive rows m = (kh, kw, ci) starting at m, at pixel k (k < k_end).
+fn weight_grad_a(m: u32, k: u32, k_end: u32) -> vec4<f32> {
+  if (k >= k_end) {
+    return vec4<f32>(0.0);
+  }
+  let n = k / OUT_PIXELS;
+  let p = k % OUT_PIXELS;
+  let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
+  let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
+  if (IN_C % 4u == 0u) {
+    let tap = m / IN_C;
+    let ih = ih0 + i32(tap / KERNEL);
+    let iw = iw0 + i32(tap % KERNEL);
+    if (m >= GEMM_M || !inside(ih, IN_H) || !inside(iw, IN_W)) {
+      return vec4<f32>(0.0);
+    }
+    return in_a[(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + m % IN_C) / 4u];
+  }
+  return vec4<f32>(
+    x_tap_element(n, ih0, iw0, m, m < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 1u, m + 1u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 2u, m + 2u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 3u, m + 3u < GEMM_M),
+  );
+}
+
+// Row k (< k_end) of a row-major [*, GEMM_N] matrix in in_b, columns c .. c + 3.
+fn row_major_b(k: u32, c: u32, k_end: u32) -> vec4<f32> {
+  if (k >= k_end || c >= GEMM_N) {
+    return vec4<f32>(0.0);
+  }
+  if (GEMM_N % 4u == 0u) {
+    return in_b[(k * GEMM_N + c) / 4u];
+  }
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u; j++) {
+    if (c + j < GEMM_N) {
+      v[j] = element_b(k * GEMM_N + c + j);
+    }
+  }
+  return v;
+}
+
+// ---- Staging ----
+
+// Fill tile_a and tile_b for k0 .. k0 + TILE_K (values at k >= k_end are zero). Work is split in
+// 4 x 4 blocks; each block is 4 vec4 loads and 4 vec4 stores.
+fn stage(m0: u32, n0: u32, k0: u32, k_end: u32, lid: u32) {
+  for (var e = lid; e < ROW_QUADS * K_QUADS; e += THREADS) {
+    let q = e % ROW_QUADS;
+    let kq = e / ROW_QUADS;
+    let m = m0 + 4u * q;
+    let k = k0 + 4u * kq;
+    let dst = 4u * kq * ROW_QUADS + q;
+    if (PASS == PASS_WEIGHT_GRAD) {
+      // Global memory already runs along m (channels): one vec4 per k.
+      tile_a[dst] = weight_grad_a(m, k, k_end);
+      tile_a[dst + ROW_QUADS] = weight_grad_a(m, k + 1u, k_end);
+      tile_a[dst + 2u * ROW_QUADS] = weight_grad_a(m, k + 2u, k_end);
+      tile_a[dst + 3u * ROW_QUADS] = weight_grad_a(m, k + 3u, k_end);
+    } else {
+      // Global memory runs along k: load 4 rows, store transposed.
+      var rows: mat4x4<f32>;
+      if (PASS == PASS_FORWARD) {
+        rows = mat4x4<f32>(forward_a(m, k), forward_a(m + 1u, k), forward_a(m + 2u, k), forward_a(m + 3u, k));
+      } else {
+        rows = mat4x4<f32>(
+          input_grad_a(m, k),
+          input_grad_a(m + 1u, k),
+          input_grad_a(m + 2u, k),
+          input_grad_a(m + 3u, k),
+        );
+      }
+      let cols = transpose(rows);
+      tile_a[dst] = cols[0];
+      tile_a[dst + ROW_QUADS] = cols[1];
+      tile_a[dst + 2u * ROW_QUADS] = cols[2];
+      tile_a[dst + 3u * ROW_QUADS] = cols[3];
+    }
+  }
+  for (var e = lid; e < COL_QUADS * K_QUADS; e += THREADS) {
+    let q = e % COL_QUADS;
+    let kq = e / COL_QUADS;
+    let c = n0 + 4u * q;
+    let k = k0 + 4u * kq;
+    let dst = 4u * kq * COL_QUADS + q;
+    if (PASS == PASS_INPUT_GRAD) {
+      // Wᵀ runs along k (output channels): load 4 columns, store transposed.
+      let cols = mat4x4<f32>(
+        input_grad_b(k, c),
+        input_grad_b(k, c + 1u),
+        input_grad_b(k, c + 2u),
+        input_grad_b(k, c + 3u),
+      );
+      let rows = transpose(cols);
+      tile_b[dst] = rows[0];
+      tile_b[dst + COL_QUADS] = rows[1];
+      tile_b[dst + 2u * COL_QUADS] = rows[2];
+      tile_b[dst + 3u * COL_QUADS] = rows[3];
+    } else {
+      // Forward: W is row-major [K, OUT_C]; weight grad: dy is row-major [pixels, OUT_C].
+      tile_b[dst] = row_major_b(k, c, k_end);
+      tile_b[dst + COL_QUADS] = row_major_b(k + 1u, c, k_end);
+      tile_b[dst + 2u * COL_QUADS] = row_major_b(k + 2u, c, k_end);
+      tile_b[dst + 3u * COL_QUADS] = row_major_b(k + 3u, c, k_end);
+    }
+  }
+}
+
+// ---- Register-blocked multiply ----
+
+// acc += A[rows, k0 .. k0 + TILE_K] · B[k0 .. k0 + TILE_K, cols] for the invocation's 16 x 16.
+fn multiply_tile(tx: u32, ty: u32) {
+  for (var kk = 0u; kk < TILE_K; kk++) {
+    let a_at = kk * ROW_QUADS + 8u * ty;
+    let a0 = tile_a[a_at + 0u];
+    let a1 = tile_a[a_at + 1u];
+    let a2 = tile_a[a_at + 2u];
+    let a3 = tile_a[a_at + 3u];
+    let a4 = tile_a[a_at + 4u];
+    let a5 = tile_a[a_at + 5u];
+    let a6 = tile_a[a_at + 6u];
+    let a7 = tile_a[a_at + 7u];
+    let b_at = kk * COL_QUADS + 4u * tx;
+    let b = mat4x4<f32>(tile_b[b_at], tile_b[b_at + 1u], tile_b[b_at + 2u], tile_b[b_at + 3u]);
+    acc[0] += b * a0.x;
+    acc[1] += b * a0.y;
+    acc[2] += b * a0.z;
+    acc[3] += b * a0.w;
+    acc[4] += b * a1.x;
+    acc[5] += b * a1.y;
+    acc[6] += b * a1.z;
+    acc[7] += b * a1.w;
+    acc[8] += b * a2.x;
+    acc[9] += b * a2.y;
+    acc[10] += b * a2.z;
+    acc[11] += b * a2.w;
+    acc[12] += b * a3.x;
+    acc[13] += b * a3.y;
+    acc[14] += b * a3.z;
+    acc[15] += b * a3.w;
+    acc[16] += b * a4.x;
+    acc[17] += b * a4.y;
+    acc[18] += b * a4.z;
+    acc[19] += b * a4.w;
+    acc[20] += b * a5.x;
+    acc[21] += b * a5.y;
+    acc[22] += b * a5.z;
+    acc[23] += b * a5.w;
+    acc[24] += b * a6.x;
+    acc[25] += b * a6.y;
+    acc[26] += b * a6.z;
+    acc[27] += b * a6.w;
+    acc[28] += b * a7.x;
+    acc[29] += b * a7.y;
+    acc[30] += b * a7.z;
+    acc[31] += b * a7.w;
+  }
+}
+
+// ---- Epilogue ----
+
+// out[base + col .. base + col + 3] (= or +=) v, for the columns below n_cols.
+fn store_quad(base: u32, col: u32, n_cols: u32, v: vec4<f32>, add: bool) {
+  if (col >= n_cols) {
+    return;
+  }
+  if (n_cols % 4u == 0u) {
+    let i = (base + col) / 4u;
+    if (add) {
+      out[i] += v;
+    } else {
+      out[i] = v;
+    }
+    return;
+  }
+  for (var j = 0u; j < 4u; j++) {
+    if (col + j < n_cols) {
+      let i = base + col + j;
+      if (add) {
+        out[i / 4u][i % 4u] += v[j];
+      } else {
+        out[i / 4u][i % 4u] = v[j];
+      }
+    }
+  }
+}
+
+fn bias_quad(col: u32) -> vec4<f32> {
+  if (!HAS_BIAS || col >= OUT_C) {
+    return vec4<f32>(0.0);
+  }
+  if (OUT_C % 4u == 0u) {
+    return bias[col / 4u];
+  }
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u; j++) {
+    if (col + j < OUT_C) {
+      v[j] = bias[(col + j) / 4u][(col + j) % 4u];
+    }
+  }
+  return v;
+}
+
+// Write row `row` of C (16 columns from col0) wherever this PASS puts it.
+fn write_row(row: u32, col0: u32, slice: u32, r: mat4x4<f32>) {
+  if (row >= GEMM_M) {
+    return;
+  }
+  var base: u32;
+  var add = false;
+  if (PASS == PASS_FORWARD) {
+    base = row * OUT_C;
+  } else if (PASS == PASS_INPUT_GRAD) {
+    let n = row / (PH_H * PH_W);
+    let p = row % (PH_H * PH_W);
+    let h = PHASE_H + STRIDE * (p / PH_W);
+    let w = PHASE_W + STRIDE * (p % PH_W);
+    base = ((n * IN_H + h) * IN_W + w) * IN_C;
+  } else {
+    base = (slice * GEMM_M + row) * OUT_C;
+    add = ACCUMULATE && !SPLIT;
+  }
+  if (PASS == PASS_FORWARD && HAS_BIAS) {
+    store_quad(base, col0, GEMM_N, r[0] + bias_quad(col0), add);
+    store_quad(base, col0 + 4u, GEMM_N, r[1] + bias_quad(col0 + 4u), add);
+    store_quad(base, col0 + 8u, GEMM_N, r[2] + bias_quad(col0 + 8u), add);
+    store_quad(base, col0 + 12u, GEMM_N, r[3] + bias_quad(col0 + 12u), add);
+  } else {
+    store_quad(base, col0, GEMM_N, r[0], add);
+    store_quad(base, col0 + 4u, GEMM_N, r[1], add);
+    store_quad(base, col0 + 8u, GEMM_N, r[2], add);
+    store_quad(base, col0 + 12u, GEMM_N, r[3], add);
+  }
+}
+
+@compute @workgroup_size(THREADS)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let m0 = wid.x * TILE_M;
+  let n0 = wid.y * TILE_N;
+  let slice = wid.z;
+  var k_begin = 0u;
+  var k_end = GEMM_K;
+  if (PASS == PASS_WEIGHT_GRAD) {
+    k_begin = slice * SLICE_LEN;
+    k_end = min(GEMM_K, k_begin + SLICE_LEN);
+  }
+  let tx = lid % WG_X;
+  let ty = lid / WG_X;
+  for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+    workgroupBarrier();
+    stage(m0, n0, k0, k_end, lid);
+    workgroupBarrier();
+    multiply_tile(tx, ty);
+  }
+  let row0 = m0 + 32u * ty;
+  let col0 = n0 + 16u * tx;
+  // A loop with one copy of the store code compiles far faster than 16 inlined copies.
+  for (var r = 0u; r < 32u; r++) {
+    write_row(row0 + r, col0, slice, acc_row(r));
+  }
+}
+
+// acc[r] for a runtime r (acc itself is only indexed by constants, so it stays in registers).
+fn acc_row(r: u32) -> mat4x4<f32> {
+  switch r {
+    case 0u: { return acc[0]; }
+    case 1u: { return acc[1]; }
+    case 2u: { return acc[2]; }
+    case 3u: { return acc[3]; }
+    case 4u: { return acc[4]; }
+    case 5u: { return acc[5]; }
+    case 6u: { return acc[6]; }
+    case 7u: { return acc[7]; }
+    case 8u: { return acc[8]; }
+    case 9u: { return acc[9]; }
+    case 10u: { return acc[10]; }
+    case 11u: { return acc[11]; }
+    case 12u: { return acc[12]; }
+    case 13u: { return acc[13]; }
+    case 14u: { return acc[14]; }
+    case 15u: { return acc[15]; }
+    case 16u: { return acc[16]; }
+    case 17u: { return acc[17]; }
+    case 18u: { return acc[18]; }
+    case 19u: { return acc[19]; }
+    case 20u: { return acc[20]; }
+    case 21u: { return acc[21]; }
+    case 22u: { return acc[22]; }
+    case 23u: { return acc[23]; }
+    case 24u: { return acc[24]; }
+    case 25u: { return acc[25]; }
+    case 26u: { return acc[26]; }
+    case 27u: { return acc[27]; }
+    case 28u: { return acc[28]; }
+    case 29u: { return acc[29]; }
+    case 30u: { return acc[30]; }
+    default: { return acc[31]; }
+  }
+}
+
+// ---- Bias gradient and slice reduction ----
+
+@compute @workgroup_size(64)
+fn bias_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let quads = (OUT_C + 3u) / 4u;
+  if (gid.x >= quads * SLICES) {
+    return;
+  }
+  let c = 4u * (gid.x % quads);
+  let slice = gid.x / quads;
+  let rows = BATCH * OUT_H * OUT_W;
+  let first = slice * SLICE_LEN;
+  let last = min(rows, first + SLICE_LEN);
+  var sum = vec4<f32>(0.0);
+  for (var m = first; m < last; m++) {
+    if (OUT_C % 4u == 0u) {
+      sum += in_a[(m * OUT_C + c) / 4u];
+    } else {
+      for (var j = 0u; j < 4u; j++) {
+        if (c + j < OUT_C) {
+          sum[j] += element_a(m * OUT_C + c + j);
+        }
+      }
+    }
+  }
+  store_quad(slice * OUT_C, c, OUT_C, sum, false);
+}
+
+@compute @workgroup_size(64)
+fn reduce_slices(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = 4u * ((wid.y * nwg.x + wid.x) * 64u + lid);
+  if (i >= REDUCE_LEN) {
+    return;
+  }
+  if (REDUCE_LEN % 4u == 0u) {
+    var sum = vec4<f32>(0.0);
+    for (var s = 0u; s < SLICES; s++) {
+      sum += in_a[(s * REDUCE_LEN + i) / 4u];
+    }
+    store_quad(0u, i, REDUCE_LEN, sum, ACCUMULATE);
+    return;
+  }
+  var sum = vec4<f32>(0.0);
+  for (var s = 0u; s < SLICES; s++) {
+    for (var j = 0u; j < 4u; j++) {
+      if (i + j < REDUCE_LEN) {
+        sum[j] += element_a(s * REDUCE_LEN + i + j);
+      }
+    }
+  }
+  store_quad(0u, i, REDUCE_LEN, sum, ACCUMULATE);
+}

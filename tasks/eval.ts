@@ -1,0 +1,85 @@
+/**
+ * `deno task eval --checkpoint FILE [flags]`: the kNN monitor and the linear probe (METHOD.md
+ * "Evaluation") of a checkpoint's backbone on a dataset's test split; prints and writes JSON.
+ */
+import { parseArgs } from "node:util";
+import { acquireGpu } from "../runtime/gpu.ts";
+import { loadBackbone } from "../models/load.ts";
+import { evaluateBackbone } from "../models/evaluate.ts";
+import { type DatasetName, loadDataset } from "../data/dataset.ts";
+import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
+import { PRESETS, type TrainConfig } from "./presets.ts";
+
+const HELP = `usage: deno task eval --checkpoint FILE [flags]
+  --checkpoint FILE   a tritrain checkpoint (checkpoint.safetensors of a run)
+  --dataset NAME      fashion-mnist|mnist|cifar10|cifar100|folder (default: the run's)
+  --data DIR          dataset directory (default: the run's, or the dataset's default)
+  --bank N            training images in the kNN bank / probe set (0 = all; default: the run's)
+  --test N            test images (0 = all)
+  --knn-k N           neighbours (default 200)
+  --probe-epochs N    linear probe epochs (0 skips the probe; default: the run's preset)
+  --batch N           images per forward pass (default 256)
+  --out FILE          write the results as JSON here (default: beside the checkpoint)`;
+
+const DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] as const;
+
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      options: {
+        checkpoint: { type: "string" },
+        dataset: { type: "string" },
+        data: { type: "string" },
+        bank: { type: "string" },
+        test: { type: "string" },
+        "knn-k": { type: "string" },
+        "probe-epochs": { type: "string" },
+        batch: { type: "string" },
+        out: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (e) {
+    throw new UserError(`${(e as Error).message}\n${HELP}`);
+  }
+  const flags = parsed.values;
+  if (flags.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!flags.checkpoint) throw new UserError(`--checkpoint FILE is required\n${HELP}`);
+  const gpu = await acquireGpu({ log: true });
+  const { backbone, state } = await loadBackbone(gpu, flags.checkpoint).catch((e) => {
+    throw new UserError((e as Error).message);
+  });
+  const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
+  const dataset = (oneOf("dataset", flags.dataset, DATASETS) ?? run.dataset) as DatasetName;
+  const dir = flags.data ?? (flags.dataset ? undefined : run.data);
+  const options = { dir, imageSize: run.imageSize };
+  const train = await loadDataset(dataset, { ...options, split: "train" });
+  const test = await loadDataset(dataset, { ...options, split: "test" });
+  const progress = new Progress();
+  const result = await evaluateBackbone(gpu, backbone, train, test, {
+    knnK: positiveInt("knn-k", flags["knn-k"]) ?? run.knnK,
+    knnTemperature: run.knnTemperature,
+    bankSize: nonNegativeInt("bank", flags.bank) ?? run.knnBankSize,
+    testSize: nonNegativeInt("test", flags.test) ?? run.evalTestSize,
+    probeEpochs: nonNegativeInt("probe-epochs", flags["probe-epochs"]) ?? run.probeEpochs,
+    probeLr: run.probeLr,
+    probeBatch: run.probeBatch,
+    seed: run.seed,
+    batchSize: positiveInt("batch", flags.batch) ?? 256,
+  }, (what, done, total) => progress.update(`${what} ${done}/${total}`));
+  train.close?.();
+  test.close?.();
+  const report = { checkpoint: flags.checkpoint, dataset, step: state.step ?? null, ...result };
+  progress.log(JSON.stringify(report, null, 1));
+  const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
+  await Deno.writeTextFile(out, JSON.stringify(report, null, 1) + "\n");
+  console.log(`wrote ${out}`);
+  return 0;
+}
+
+if (import.meta.main) runMain("eval", main);

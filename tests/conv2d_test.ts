@@ -1,0 +1,431 @@
+import assert from "node:assert/strict";
+import { assertClose, gpuTest, Rng, testGpu, type Tolerance } from "./util.ts";
+import {
+  conv2dBiasGrad,
+  conv2dForward,
+  conv2dInputGrad,
+  conv2dOutputSize,
+  type Conv2dShape,
+  conv2dWeightGrad,
+} from "../kernels/conv2d.ts";
+
+// f32 GPU sums of up to ~1000 products of values in [-1, 1] against float64 references: rounding
+// grows like sqrt(K) * 6e-8 * |partial sums|, far below this; a wrong tap or index is O(0.1).
+const TOL: Tolerance = { atol: 2e-4, rtol: 2e-4 };
+// Finite differences of the float64 forward (central, eps 1e-3) are exact to ~1e-9 for this
+// bilinear loss; the tolerance covers the f32 GPU gradient.
+const FD_TOL: Tolerance = { atol: 1e-4, rtol: 1e-4 };
+
+// ---- float64 CPU references ----
+
+function forwardRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | null,
+  s: Conv2dShape,
+): Float64Array {
+  const { outHeight: oh, outWidth: ow } = conv2dOutputSize(s);
+  const { batch, inHeight: h, inWidth: wd, inChannels: ci, outChannels: co, kernelSize: k } = s;
+  const y = new Float64Array(batch * oh * ow * co);
+  for (let n = 0; n < batch; n++) {
+    for (let py = 0; py < oh; py++) {
+      for (let px = 0; px < ow; px++) {
+        const yBase = ((n * oh + py) * ow + px) * co;
+        for (let o = 0; o < co; o++) y[yBase + o] = b ? b[o] : 0;
+        for (let kh = 0; kh < k; kh++) {
+          const iy = py * s.stride + kh - s.padding;
+          if (iy < 0 || iy >= h) continue;
+          for (let kw = 0; kw < k; kw++) {
+            const ix = px * s.stride + kw - s.padding;
+            if (ix < 0 || ix >= wd) continue;
+            for (let c = 0; c < ci; c++) {
+              const xv = x[((n * h + iy) * wd + ix) * ci + c];
+              const wBase = ((kh * k + kw) * ci + c) * co;
+              for (let o = 0; o < co; o++) y[yBase + o] += xv * w[wBase + o];
+            }
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+/** dx and dw of loss = sum(y * dy), by scattering every multiply of the forward. */
+function backwardRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  s: Conv2dShape,
+): { dx: Float64Array; dw: Float64Array; db: Float64Array } {
+  const { outHeight: oh, outWidth: ow } = conv2dOutputSize(s);
+  const { batch, inHeight: h, inWidth: wd, inChannels: ci, outChannels: co, kernelSize: k } = s;
+  const dx = new Float64Array(batch * h * wd * ci);
+  const dw = new Float64Array(k * k * ci * co);
+  const db = new Float64Array(co);
+  for (let n = 0; n < batch; n++) {
+    for (let py = 0; py < oh; py++) {
+      for (let px = 0; px < ow; px++) {
+        const yBase = ((n * oh + py) * ow + px) * co;
+        for (let o = 0; o < co; o++) db[o] += dy[yBase + o];
+        for (let kh = 0; kh < k; kh++) {
+          const iy = py * s.stride + kh - s.padding;
+          if (iy < 0 || iy >= h) continue;
+          for (let kw = 0; kw < k; kw++) {
+            const ix = px * s.stride + kw - s.padding;
+            if (ix < 0 || ix >= wd) continue;
+            for (let c = 0; c < ci; c++) {
+              const xi = ((n * h + iy) * wd + ix) * ci + c;
+              const wBase = ((kh * k + kw) * ci + c) * co;
+              for (let o = 0; o < co; o++) {
+                dx[xi] += dy[yBase + o] * w[wBase + o];
+                dw[wBase + o] += dy[yBase + o] * x[xi];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return { dx, dw, db };
+}
+
+// ---- helpers ----
+
+function describe(s: Conv2dShape): string {
+  return `N${s.batch} ${s.inHeight}x${s.inWidth}x${s.inChannels} -> ${s.outChannels}, ` +
+    `k${s.kernelSize} s${s.stride} p${s.padding}`;
+}
+
+function shapeOf(s: Conv2dShape): { x: number[]; w: number[]; y: number[] } {
+  const { outHeight, outWidth } = conv2dOutputSize(s);
+  return {
+    x: [s.batch, s.inHeight, s.inWidth, s.inChannels],
+    w: [s.kernelSize, s.kernelSize, s.inChannels, s.outChannels],
+    y: [s.batch, outHeight, outWidth, s.outChannels],
+  };
+}
+
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Forward, dx, dw and db on the GPU against the float64 references. */
+async function checkAll(s: Conv2dShape, withBias: boolean, seed: number): Promise<void> {
+  const gpu = await testGpu();
+  const rng = new Rng(seed);
+  const shapes = shapeOf(s);
+  const x = rng.array(size(shapes.x));
+  const w = rng.array(size(shapes.w));
+  const b = withBias ? rng.array(s.outChannels) : null;
+  const dy = rng.array(size(shapes.y));
+  const tx = gpu.upload(x, shapes.x);
+  const tw = gpu.upload(w, shapes.w);
+  const tb = b ? gpu.upload(b, [s.outChannels]) : null;
+  const tdy = gpu.upload(dy, shapes.y);
+  const ty = gpu.empty(shapes.y);
+  const tdx = gpu.upload(rng.array(size(shapes.x)), shapes.x); // garbage: must be overwritten
+  const tdw = gpu.upload(rng.array(size(shapes.w)), shapes.w);
+  const tdb = gpu.upload(rng.array(s.outChannels), [s.outChannels]);
+  conv2dForward(gpu, tx, tw, tb, ty, s);
+  conv2dInputGrad(gpu, tdy, tw, tdx, s);
+  conv2dWeightGrad(gpu, tx, tdy, tdw, s);
+  conv2dBiasGrad(gpu, tdy, tdb, s);
+  const [y, dx, dw, db] = await gpu.read([ty, tdx, tdw, tdb]);
+  const ref = backwardRef(x, w, dy, s);
+  const label = describe(s);
+  assertClose(y, forwardRef(x, w, b, s), TOL, `forward ${label}`);
+  assertClose(dx, ref.dx, TOL, `input grad ${label}`);
+  assertClose(dw, ref.dw, TOL, `weight grad ${label}`);
+  assertClose(db, ref.db, TOL, `bias grad ${label}`);
+  for (const t of [tx, tw, tb, tdy, ty, tdx, tdw, tdb]) t?.release();
+}
+
+const cases: { name: string; shape: Conv2dShape; bias: boolean }[] = [
+  {
+    name: "batch 1, 3x3 stride 1 pad 1",
+    shape: {
+      batch: 1,
+      inHeight: 9,
+      inWidth: 9,
+      inChannels: 8,
+      outChannels: 16,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    },
+    bias: false,
+  },
+  {
+    name: "3x3 stride 1 pad 1, several tiles, split-K weight grad, bias",
+    shape: {
+      batch: 4,
+      inHeight: 16,
+      inWidth: 16,
+      inChannels: 32,
+      outChannels: 64,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    },
+    bias: true,
+  },
+  {
+    name: "3x3 stride 2 pad 1, odd input, sizes not multiples of the tile",
+    shape: {
+      batch: 3,
+      inHeight: 11,
+      inWidth: 13,
+      inChannels: 12,
+      outChannels: 20,
+      kernelSize: 3,
+      stride: 2,
+      padding: 1,
+    },
+    bias: false,
+  },
+  {
+    name: "1x1 stride 2 downsample (phases without taps give zero dx)",
+    shape: {
+      batch: 2,
+      inHeight: 9,
+      inWidth: 9,
+      inChannels: 16,
+      outChannels: 36,
+      kernelSize: 1,
+      stride: 2,
+      padding: 0,
+    },
+    bias: false,
+  },
+  {
+    name: "7x7 stride 2 pad 3 stem, Cin = 3, bias",
+    shape: {
+      batch: 2,
+      inHeight: 23,
+      inWidth: 20,
+      inChannels: 3,
+      outChannels: 16,
+      kernelSize: 7,
+      stride: 2,
+      padding: 3,
+    },
+    bias: true,
+  },
+  {
+    name: "7x7 stride 2 pad 3 stem, Cin = 1, bias",
+    shape: {
+      batch: 2,
+      inHeight: 28,
+      inWidth: 28,
+      inChannels: 1,
+      outChannels: 8,
+      kernelSize: 7,
+      stride: 2,
+      padding: 3,
+    },
+    bias: true,
+  },
+  {
+    name: "channel counts not multiples of 4 everywhere (scalar paths), stride 2 no pad",
+    shape: {
+      batch: 2,
+      inHeight: 8,
+      inWidth: 7,
+      inChannels: 5,
+      outChannels: 6,
+      kernelSize: 3,
+      stride: 2,
+      padding: 0,
+    },
+    bias: true,
+  },
+];
+
+for (const c of cases) {
+  Deno.test({
+    name: `conv2d: ${c.name} (${describe(c.shape)})`,
+    ...gpuTest,
+    fn: () => checkAll(c.shape, c.bias, c.shape.inHeight * 31 + c.shape.outChannels),
+  });
+}
+
+Deno.test({
+  name: "conv2d: accumulate adds to weight and bias gradients (single and split-K slices)",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const small: Conv2dShape = {
+      batch: 1,
+      inHeight: 6,
+      inWidth: 6,
+      inChannels: 4,
+      outChannels: 8,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    };
+    const large: Conv2dShape = { ...small, batch: 8, inHeight: 16, inWidth: 16 };
+    for (const s of [small, large]) {
+      const rng = new Rng(s.batch);
+      const shapes = shapeOf(s);
+      const x = rng.array(size(shapes.x));
+      const dy = rng.array(size(shapes.y));
+      const dw0 = rng.array(size(shapes.w));
+      const db0 = rng.array(s.outChannels);
+      const tx = gpu.upload(x, shapes.x);
+      const tdy = gpu.upload(dy, shapes.y);
+      const tdw = gpu.upload(dw0, shapes.w);
+      const tdb = gpu.upload(db0, [s.outChannels]);
+      // Twice: dw = dw0 + 2 grad.
+      for (let i = 0; i < 2; i++) {
+        conv2dWeightGrad(gpu, tx, tdy, tdw, s, { accumulate: true });
+        conv2dBiasGrad(gpu, tdy, tdb, s, { accumulate: true });
+      }
+      const [dw, db] = await gpu.read([tdw, tdb]);
+      const ref = backwardRef(x, new Float32Array(size(shapes.w)), dy, s);
+      assertClose(dw, ref.dw.map((v, i) => dw0[i] + 2 * v), TOL, `accumulated dw ${describe(s)}`);
+      assertClose(db, ref.db.map((v, i) => db0[i] + 2 * v), TOL, `accumulated db ${describe(s)}`);
+      for (const t of [tx, tdy, tdw, tdb]) t.release();
+    }
+  },
+});
+
+Deno.test({
+  name: "conv2d: weight gradient is bitwise deterministic",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const s: Conv2dShape = {
+      batch: 8,
+      inHeight: 14,
+      inWidth: 14,
+      inChannels: 16,
+      outChannels: 32,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    };
+    const rng = new Rng(7);
+    const shapes = shapeOf(s);
+    const tx = gpu.upload(rng.array(size(shapes.x)), shapes.x);
+    const tdy = gpu.upload(rng.array(size(shapes.y)), shapes.y);
+    const first = gpu.empty(shapes.w);
+    const second = gpu.empty(shapes.w);
+    conv2dWeightGrad(gpu, tx, tdy, first, s);
+    conv2dWeightGrad(gpu, tx, tdy, second, s);
+    const [a, b] = await gpu.read([first, second]);
+    assert.deepEqual(
+      new Uint32Array(a.buffer, a.byteOffset, a.length),
+      new Uint32Array(b.buffer, b.byteOffset, b.length),
+    );
+    for (const t of [tx, tdy, first, second]) t.release();
+  },
+});
+
+/** Central finite differences of loss = sum(forward(x, w) * r) in float64. */
+function finiteDifferences(
+  values: Float32Array,
+  loss: (v: Float64Array) => number,
+): Float64Array {
+  const eps = 1e-3;
+  const v = Float64Array.from(values);
+  const grad = new Float64Array(v.length);
+  for (let i = 0; i < v.length; i++) {
+    const keep = v[i];
+    v[i] = keep + eps;
+    const up = loss(v);
+    v[i] = keep - eps;
+    const down = loss(v);
+    v[i] = keep;
+    grad[i] = (up - down) / (2 * eps);
+  }
+  return grad;
+}
+
+const fdShapes: Conv2dShape[] = [
+  {
+    batch: 2,
+    inHeight: 5,
+    inWidth: 6,
+    inChannels: 3,
+    outChannels: 4,
+    kernelSize: 3,
+    stride: 2,
+    padding: 1,
+  },
+  {
+    batch: 1,
+    inHeight: 6,
+    inWidth: 6,
+    inChannels: 4,
+    outChannels: 8,
+    kernelSize: 3,
+    stride: 1,
+    padding: 1,
+  },
+  {
+    batch: 2,
+    inHeight: 8,
+    inWidth: 8,
+    inChannels: 2,
+    outChannels: 4,
+    kernelSize: 7,
+    stride: 2,
+    padding: 3,
+  },
+];
+
+for (const s of fdShapes) {
+  Deno.test({
+    name: `conv2d: finite-difference check of dx and dw (${describe(s)})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(s.kernelSize * 100 + s.stride);
+      const shapes = shapeOf(s);
+      const x = rng.array(size(shapes.x));
+      const w = rng.array(size(shapes.w));
+      const r = rng.array(size(shapes.y));
+      const dot = (y: Float64Array) => y.reduce((acc, v, i) => acc + v * r[i], 0);
+      const tx = gpu.upload(x, shapes.x);
+      const tw = gpu.upload(w, shapes.w);
+      const tr = gpu.upload(r, shapes.y);
+      const tdx = gpu.empty(shapes.x);
+      const tdw = gpu.empty(shapes.w);
+      conv2dInputGrad(gpu, tr, tw, tdx, s);
+      conv2dWeightGrad(gpu, tx, tr, tdw, s);
+      const [dx, dw] = await gpu.read([tdx, tdw]);
+      const fdX = finiteDifferences(x, (v) => dot(forwardRef(v, w, null, s)));
+      const fdW = finiteDifferences(w, (v) => dot(forwardRef(x, v, null, s)));
+      assertClose(dx, fdX, FD_TOL, `dx vs finite differences ${describe(s)}`);
+      assertClose(dw, fdW, FD_TOL, `dw vs finite differences ${describe(s)}`);
+      for (const t of [tx, tw, tr, tdx, tdw]) t.release();
+    },
+  });
+}
+
+Deno.test({
+  name: "conv2d: shape mismatches throw naming the tensor",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const s: Conv2dShape = {
+      batch: 1,
+      inHeight: 4,
+      inWidth: 4,
+      inChannels: 2,
+      outChannels: 3,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    };
+    const x = gpu.zeros([1, 4, 4, 2]);
+    const w = gpu.zeros([3, 3, 2, 4]);
+    const y = gpu.zeros([1, 4, 4, 3]);
+    assert.throws(() => conv2dForward(gpu, x, w, null, y, s), /weight has shape \[3,3,2,4\]/);
+    assert.throws(
+      () => conv2dForward(gpu, x, w, null, y, { ...s, padding: 0, kernelSize: 5 }),
+      /does not fit/,
+    );
+    for (const t of [x, w, y]) t.release();
+  },
+});

@@ -1,0 +1,51 @@
+import assert from "node:assert/strict";
+import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
+import { addRelu, addReluBackward } from "../kernels/residual.ts";
+
+// One f32 addition, then a selection: exact up to the addition's rounding.
+const TOL = { atol: 1e-6, rtol: 1e-6 };
+
+for (const n of [1, 7, 1024, 1025, 100_003]) {
+  Deno.test({
+    name: `residual: addRelu forward and backward vs float64, n=${n} (tol ${TOL.atol}/${TOL.rtol})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(n + 17);
+      const a = rng.array(n);
+      const b = rng.array(n);
+      const dOut = rng.normals(n);
+      const ta = gpu.upload(a, [n]);
+      const tb = gpu.upload(b, [n]);
+      const tdOut = gpu.upload(dOut, [n]);
+      const out = gpu.empty([n]);
+      const dSum = gpu.empty([n]);
+      addRelu(gpu, ta, tb, out);
+      addReluBackward(gpu, out, tdOut, dSum);
+      const [gotOut, gotDSum] = await gpu.read([out, dSum]);
+      const expected = Float64Array.from(a, (v, i) => Math.max(v + b[i], 0));
+      assertClose(gotOut, expected, TOL, "relu(a + b)");
+      // The mask comes from the GPU's own output so a sum rounding to zero cannot disagree.
+      const expectedGrad = Float64Array.from(dOut, (g, i) => (gotOut[i] > 0 ? g : 0));
+      assertClose(gotDSum, expectedGrad, { atol: 0, rtol: 0 }, "dSum");
+      if (n > 100) {
+        assert.ok(gotDSum.some((v) => v === 0) && gotDSum.some((v) => v !== 0), "mask is mixed");
+      }
+      for (const t of [ta, tb, tdOut, out, dSum]) t.release();
+    },
+  });
+}
+
+Deno.test({
+  name: "residual: mismatched sizes throw naming the operand",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const a = gpu.zeros([2, 3]);
+    const b = gpu.zeros([5]);
+    const out = gpu.zeros([6]);
+    assert.throws(() => addRelu(gpu, a, b, out), /b has shape \[5\]/);
+    assert.throws(() => addReluBackward(gpu, a, b, out), /dOut has shape \[5\]/);
+    for (const t of [a, b, out]) t.release();
+  },
+});
