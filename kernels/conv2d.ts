@@ -105,7 +105,8 @@ export function conv2dWeightGrad(
   const m = s.kernelSize * s.kernelSize * s.inChannels;
   const n = s.outChannels;
   const pixels = s.batch * g.outHeight * g.outWidth;
-  const tile = chooseTile(gpu, m, n, 1);
+  // K slices supply the parallelism, so the tile only has to fit M and N.
+  const tile = chooseTile(gpu, m, n, MIN_WORKGROUPS);
   const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
   const { slices, sliceLen } = splitPixels(pixels, tiles, m * n, gpu);
   const split = slices > 1;
@@ -168,7 +169,9 @@ const PASS_INPUT_GRAD = 1;
 const PASS_WEIGHT_GRAD = 2;
 
 /** Workgroup memory per unit of WG_X + WG_Y: TILE_K (16) x 16 floats of 4 bytes. */
-const TILE_BYTES_PER_THREAD_ROW = 16 * 32 * 4;
+const TILE_BYTES_PER_WG_ROW = 16 * 16 * 4;
+/** Fewer workgroups than this leave GPU cores (or the CPU adapter's threads) idle. */
+const MIN_WORKGROUPS = 32;
 
 interface TileShape {
   tileM: number;
@@ -177,30 +180,37 @@ interface TileShape {
 }
 
 function tileShape(wgX: number, wgY: number): TileShape {
-  return { tileM: 32 * wgY, tileN: 16 * wgX, substitute: { WG_X: wgX, WG_Y: wgY } };
+  return { tileM: 16 * wgY, tileN: 16 * wgX, substitute: { WG_X: wgX, WG_Y: wgY } };
 }
 
 const DEFAULT_TILE = tileShape(4, 4);
 
 /**
- * Pick the workgroup's thread grid (and so its TILE_M x TILE_N). Each invocation owns 16 x 16
- * outputs; WG_X covers N without much waste, WG_Y fills 64 invocations, then shrinks while the
- * grid would have too few workgroups to keep the device busy.
+ * Pick the workgroup's thread grid (and so TILE_M x TILE_N); each invocation owns 16 x 16 outputs.
+ * WG_X covers N with little waste. WG_Y (up to 64 invocations per workgroup, within workgroup
+ * memory) is the one that pads M least among those leaving at least `MIN_WORKGROUPS` workgroups
+ * (counting `parallel` independent dispatches or K slices); invocation counts stay multiples of 8
+ * so no SIMD lane of a CPU adapter idles.
  */
-function chooseTile(gpu: Gpu, m: number, n: number, parallelDispatches: number): TileShape {
+function chooseTile(gpu: Gpu, m: number, n: number, parallel: number): TileShape {
   const wgX = n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
-  let wgY = Math.min(32 / wgX, 8);
-  const minWorkgroups = 32;
-  const storageBytes = gpu.limits.maxComputeWorkgroupStorageSize;
-  while (
-    wgY > 1 &&
-    ((wgX + wgY) * TILE_BYTES_PER_THREAD_ROW > storageBytes ||
-      (wgY > 2 &&
-        ceilDiv(m, 32 * wgY) * ceilDiv(n, 16 * wgX) * parallelDispatches < minWorkgroups))
-  ) {
-    wgY /= 2;
+  const storageRows = Math.floor(gpu.limits.maxComputeWorkgroupStorageSize / TILE_BYTES_PER_WG_ROW);
+  const maxWgY = Math.max(1, Math.min(Math.floor(64 / wgX), 16, storageRows - wgX));
+  const tilesN = ceilDiv(n, 16 * wgX);
+  let best = 0;
+  let bestPadded = Infinity;
+  let fallback = 1;
+  for (let wgY = maxWgY; wgY >= 1; wgY--) {
+    if ((wgX * wgY) % 8 !== 0) continue;
+    fallback = wgY;
+    const tilesM = ceilDiv(m, 16 * wgY);
+    const padded = tilesM * 16 * wgY;
+    if (tilesM * tilesN * parallel >= MIN_WORKGROUPS && padded < bestPadded) {
+      best = wgY;
+      bestPadded = padded;
+    }
   }
-  return tileShape(wgX, wgY);
+  return tileShape(wgX, best || fallback);
 }
 
 /** Split the weight gradient's pixel sum so the grid has enough workgroups; slices of >= 256. */

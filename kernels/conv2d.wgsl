@@ -52,7 +52,7 @@
 const WG_X: u32 = {{WG_X}}u;
 const WG_Y: u32 = {{WG_Y}}u;
 const THREADS: u32 = WG_X * WG_Y;
-const TILE_M: u32 = 32u * WG_Y;
+const TILE_M: u32 = 16u * WG_Y;
 const TILE_N: u32 = 16u * WG_X;
 const TILE_K: u32 = 16u;
 const ROW_QUADS: u32 = TILE_M / 4u;
@@ -124,7 +124,7 @@ var<workgroup> tile_b: array<vec4<f32>, TILE_K * COL_QUADS>;
 
 // The invocation's 16 x 16 block: acc[r][q] = C[row0 + r, col0 + 4q .. col0 + 4q + 3]. Only ever
 // indexed with constants, so it lives in registers.
-var<private> acc: array<mat4x4<f32>, 32>;
+var<private> acc: array<mat4x4<f32>, 16>;
 
 fn element_a(i: u32) -> f32 {
   return in_a[i / 4u][i % 4u];
@@ -362,15 +362,11 @@ fn stage(m0: u32, n0: u32, k0: u32, k_end: u32, lid: u32) {
 // acc += A[rows, k0 .. k0 + TILE_K] · B[k0 .. k0 + TILE_K, cols] for the invocation's 16 x 16.
 fn multiply_tile(tx: u32, ty: u32) {
   for (var kk = 0u; kk < TILE_K; kk++) {
-    let a_at = kk * ROW_QUADS + 8u * ty;
-    let a0 = tile_a[a_at + 0u];
+    let a_at = kk * ROW_QUADS + 4u * ty;
+    let a0 = tile_a[a_at];
     let a1 = tile_a[a_at + 1u];
     let a2 = tile_a[a_at + 2u];
     let a3 = tile_a[a_at + 3u];
-    let a4 = tile_a[a_at + 4u];
-    let a5 = tile_a[a_at + 5u];
-    let a6 = tile_a[a_at + 6u];
-    let a7 = tile_a[a_at + 7u];
     let b_at = kk * COL_QUADS + 4u * tx;
     let b = mat4x4<f32>(tile_b[b_at], tile_b[b_at + 1u], tile_b[b_at + 2u], tile_b[b_at + 3u]);
     acc[0] += b * a0.x;
@@ -389,22 +385,6 @@ fn multiply_tile(tx: u32, ty: u32) {
     acc[13] += b * a3.y;
     acc[14] += b * a3.z;
     acc[15] += b * a3.w;
-    acc[16] += b * a4.x;
-    acc[17] += b * a4.y;
-    acc[18] += b * a4.z;
-    acc[19] += b * a4.w;
-    acc[20] += b * a5.x;
-    acc[21] += b * a5.y;
-    acc[22] += b * a5.z;
-    acc[23] += b * a5.w;
-    acc[24] += b * a6.x;
-    acc[25] += b * a6.y;
-    acc[26] += b * a6.z;
-    acc[27] += b * a6.w;
-    acc[28] += b * a7.x;
-    acc[29] += b * a7.y;
-    acc[30] += b * a7.z;
-    acc[31] += b * a7.w;
   }
 }
 
@@ -503,10 +483,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     multiply_tile(tx, ty);
   }
-  let row0 = m0 + 32u * ty;
+  let row0 = m0 + 16u * ty;
   let col0 = n0 + 16u * tx;
   // A loop with one copy of the store code compiles far faster than 16 inlined copies.
-  for (var r = 0u; r < 32u; r++) {
+  for (var r = 0u; r < 16u; r++) {
     write_row(row0 + r, col0, slice, acc_row(r));
   }
 }
@@ -529,23 +509,7 @@ fn acc_row(r: u32) -> mat4x4<f32> {
     case 12u: { return acc[12]; }
     case 13u: { return acc[13]; }
     case 14u: { return acc[14]; }
-    case 15u: { return acc[15]; }
-    case 16u: { return acc[16]; }
-    case 17u: { return acc[17]; }
-    case 18u: { return acc[18]; }
-    case 19u: { return acc[19]; }
-    case 20u: { return acc[20]; }
-    case 21u: { return acc[21]; }
-    case 22u: { return acc[22]; }
-    case 23u: { return acc[23]; }
-    case 24u: { return acc[24]; }
-    case 25u: { return acc[25]; }
-    case 26u: { return acc[26]; }
-    case 27u: { return acc[27]; }
-    case 28u: { return acc[28]; }
-    case 29u: { return acc[29]; }
-    case 30u: { return acc[30]; }
-    default: { return acc[31]; }
+    default: { return acc[15]; }
   }
 }
 

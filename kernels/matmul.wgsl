@@ -10,7 +10,8 @@
 //   (b_batch4 = 0 shares one B across the batch).
 //   Bindings: 0 uniform Params; 1 a (read, vec4); 3 b (read, vec4); 5 c_vec4 (read_write) when
 //   C_VEC4, else 6 c_flat (read_write); 7 bias (read) [N], added to every row when has_bias.
-//   Dispatch: (ceil(N / 128), ceil(M / 16), batch) workgroups of 8 invocations.
+//   Dispatch: (ceil(N / (16 lanes_n)), ceil(M / (16 (8 / lanes_n))), batch) workgroups of 8
+//   invocations; each invocation computes a 16 x 16 block of C.
 //
 // pad: target[z][r][c] = source[z][r][c] inside rows x cols, else 0, for a target of
 //   rows_padded x cols_padded (cols_padded % 4 == 0). Bindings: 0 uniform PadParams;
@@ -46,6 +47,8 @@ struct Params {
   c_batch: u32,
   has_bias: u32,
   accumulate: u32,
+  // Invocations of a workgroup side by side along N (8, 4 or 1); the rest stack along M.
+  lanes_n: u32,
 }
 
 struct PadParams {
@@ -72,7 +75,6 @@ struct PadParams {
 
 const TILE_ROWS: u32 = 16u;
 const TILE_COLS: u32 = 16u;
-const LANES: u32 = 8u;
 
 // One row of an invocation's block: 16 outputs as 4 column quads.
 struct RowAcc {
@@ -204,8 +206,9 @@ fn store_row(c_base: u32, row: u32, col0: u32, acc: RowAcc, bias_row: RowAcc) {
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-  let row0 = wid.y * TILE_ROWS;
-  let col0 = (wid.x * LANES + lane) * TILE_COLS;
+  let lanes_n = params.lanes_n;
+  let row0 = (wid.y * (8u / lanes_n) + lane / lanes_n) * TILE_ROWS;
+  let col0 = (wid.x * lanes_n + lane % lanes_n) * TILE_COLS;
   let a_base = wid.z * params.a_batch4;
   let b_base = wid.z * params.b_batch4;
 

@@ -12,7 +12,7 @@ export interface SortOptions {
   /** Give column r of row r the key +inf, so a similarity row's positive ranks last. */
   maskDiagonal?: boolean;
   /** Elements per workgroup tile (a power of two); defaults to the most workgroup memory allows.
-   * Tests lower it to exercise the global merge passes on small rows. */
+   * Tests lower it to exercise the global merge passes and selection levels on small rows. */
   tileElements?: number;
 }
 
@@ -34,6 +34,8 @@ function nextPowerOfTwo(n: number): number {
  * Sort every row of `x` [rows, cols] ascending by (keyScale * x, column): ties keep column order.
  * Writes the first m ranks: `outKeys` [rows, m] (f32 keys) and `outIndex` [rows, m] (u32 columns),
  * 1 <= m <= cols. Rows longer than one tile sort in several dispatches (global merge passes).
+ * When m is small (2 * nextPow2(m) fits a tile and the row), the truncated bitonic sort keeps only
+ * the m leading ranks and does far less work; its output is identical to the full sort's prefix.
  */
 export function sortRows(
   gpu: Gpu,

@@ -16,12 +16,12 @@
 // dispatch each; no workgroup ever waits on another) and its distances j < TILE in workgroup
 // memory (`merge_tiles`, or `merge_tiles_final` for the last merge, which writes the output).
 //
-// Selection (when only the first out_cols <= RUN ranks are wanted, RUN a power of two with
+// Selection (when only the first out_cols <= RUN ranks are wanted, RUN a power of two >= 2 with
 // 2 * RUN <= TILE): the truncated bitonic sort. Each tile sorts runs of RUN elements, then keeps
 // halving: two sorted runs a, b merge into the RUN smallest of both as min(a_i, b_{RUN-1-i})
 // (a bitonic sequence) followed by RUN/2 .. 1 half-cleaners. A tile ends with its RUN smallest in
 // order; rows of several tiles repeat the reduction over the tiles' winners (`select_runs`, one
-// dispatch per level, ping-ponging between two scratch pairs). The order is the same total order,
+// dispatch per level, each level in its own scratch pair). The order is the same total order,
 // so the output equals the full sort's first out_cols ranks exactly.
 //
 // Bindings: 0 uniform Params; 1 x (read, f32 [rows, cols]); 2 scratch_keys (read_write, u32
@@ -58,15 +58,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> next_keys: array<u32>;
 @group(0) @binding(7) var<storage, read_write> next_index: array<u32>;
 
-const WG: u32 = 256u;
+const WG: u32 = 64u;
 const TILE: u32 = {{TILE}}u;
 const RUN: u32 = {{RUN}}u;
 const PAD_KEY: u32 = 0xffffffffu;
 // to_sortable(+inf): sign bit set on +inf's bits.
 const INF_KEY: u32 = 0xff800000u;
 
-var<workgroup> tile_keys: array<u32, TILE>;
-var<workgroup> tile_index: array<u32, TILE>;
+// (key, index) pairs: one vec2 access per element instead of two scalar ones.
+var<workgroup> tile: array<vec2<u32>, TILE>;
 
 // Float bits -> u32 whose unsigned order is the float order (NaN canonicalised to the top).
 fn to_sortable(value: f32) -> u32 {
@@ -93,15 +93,11 @@ fn input_key(row: u32, col: u32) -> u32 {
 }
 
 fn tile_compare_exchange(lo: u32, hi: u32) {
-  let key_lo = tile_keys[lo];
-  let key_hi = tile_keys[hi];
-  let index_lo = tile_index[lo];
-  let index_hi = tile_index[hi];
-  if (after(key_lo, index_lo, key_hi, index_hi)) {
-    tile_keys[lo] = key_hi;
-    tile_keys[hi] = key_lo;
-    tile_index[lo] = index_hi;
-    tile_index[hi] = index_lo;
+  let a = tile[lo];
+  let b = tile[hi];
+  if (after(a.x, a.y, b.x, b.y)) {
+    tile[lo] = b;
+    tile[hi] = a;
   }
 }
 
@@ -143,26 +139,25 @@ fn tile_sort(lid: u32, len: u32) {
 fn store_output(lid: u32, row: u32, first_rank: u32, count: u32) {
   let base = row * params.out_cols + first_rank;
   for (var c = lid; c < count; c += WG) {
-    out_keys[base + c] = from_sortable(tile_keys[c]);
-    out_index[base + c] = tile_index[c];
+    out_keys[base + c] = from_sortable(tile[c].x);
+    out_index[base + c] = tile[c].y;
   }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn sort_rows_in_tile(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
   let row = wid.y * nwg.x + wid.x;
   if (row >= params.rows) { return; }
   let len = params.padded;
   for (var c = lid; c < len; c += WG) {
-    tile_keys[c] = input_key(row, c);
-    tile_index[c] = c;
+    tile[c] = vec2<u32>(input_key(row, c), c);
   }
   tile_sort(lid, len);
   store_output(lid, row, 0u, params.out_cols);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn sort_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
   let tiles_per_row = params.padded / TILE;
@@ -171,18 +166,17 @@ fn sort_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
   let row = linear / tiles_per_row;
   let first = (linear % tiles_per_row) * TILE;
   for (var c = lid; c < TILE; c += WG) {
-    tile_keys[c] = input_key(row, first + c);
-    tile_index[c] = first + c;
+    tile[c] = vec2<u32>(input_key(row, first + c), first + c);
   }
   tile_sort(lid, TILE);
   let base = row * params.padded + first;
   for (var c = lid; c < TILE; c += WG) {
-    scratch_keys[base + c] = tile_keys[c];
-    scratch_index[base + c] = tile_index[c];
+    scratch_keys[base + c] = tile[c].x;
+    scratch_index[base + c] = tile[c].y;
   }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn merge_global(@builtin(global_invocation_id) gid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
   let pairs_per_row = params.padded / 2u;
@@ -204,13 +198,12 @@ fn merge_global(@builtin(global_invocation_id) gid: vec3<u32>,
 
 fn load_scratch_tile(lid: u32, base: u32) {
   for (var c = lid; c < TILE; c += WG) {
-    tile_keys[c] = scratch_keys[base + c];
-    tile_index[c] = scratch_index[base + c];
+    tile[c] = vec2<u32>(scratch_keys[base + c], scratch_index[base + c]);
   }
   workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn merge_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
   let tiles_per_row = params.padded / TILE;
@@ -220,12 +213,12 @@ fn merge_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
   load_scratch_tile(lid, base);
   tile_half_cleaners(lid, TILE, TILE / 2u);
   for (var c = lid; c < TILE; c += WG) {
-    scratch_keys[base + c] = tile_keys[c];
-    scratch_index[base + c] = tile_index[c];
+    scratch_keys[base + c] = tile[c].x;
+    scratch_index[base + c] = tile[c].y;
   }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn merge_tiles_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
   let linear = wid.y * nwg.x + wid.x;
@@ -262,10 +255,9 @@ fn tile_reduce_runs(lid: u32, len: u32) {
       let i = t % RUN;
       let lo = base + i;
       let hi = base + spacing + RUN - 1u - i;
-      if (after(tile_keys[lo], tile_index[lo], tile_keys[hi], tile_index[hi])) {
-        tile_keys[lo] = tile_keys[hi];
-        tile_index[lo] = tile_index[hi];
-      }
+      let a = tile[lo];
+      let b = tile[hi];
+      if (after(a.x, a.y, b.x, b.y)) { tile[lo] = b; }
     }
     workgroupBarrier();
     for (var stride = RUN / 2u; stride > 0u; stride >>= 1u) {
@@ -282,12 +274,12 @@ fn tile_reduce_runs(lid: u32, len: u32) {
 fn store_run_to_next(lid: u32, row: u32, tile_in_row: u32, next_width: u32) {
   let base = row * next_width + tile_in_row * RUN;
   for (var c = lid; c < RUN; c += WG) {
-    next_keys[base + c] = tile_keys[c];
-    next_index[base + c] = tile_index[c];
+    next_keys[base + c] = tile[c].x;
+    next_index[base + c] = tile[c].y;
   }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn select_rows_in_tile(@builtin(workgroup_id) wid: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
@@ -295,15 +287,14 @@ fn select_rows_in_tile(@builtin(workgroup_id) wid: vec3<u32>,
   if (row >= params.rows) { return; }
   let len = params.padded;
   for (var c = lid; c < len; c += WG) {
-    tile_keys[c] = input_key(row, c);
-    tile_index[c] = c;
+    tile[c] = vec2<u32>(input_key(row, c), c);
   }
   tile_sort_runs(lid, len);
   tile_reduce_runs(lid, len);
   store_output(lid, row, 0u, params.out_cols);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn select_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
   let tiles_per_row = params.padded / TILE;
@@ -313,8 +304,7 @@ fn select_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
   let tile_in_row = linear % tiles_per_row;
   let first = tile_in_row * TILE;
   for (var c = lid; c < TILE; c += WG) {
-    tile_keys[c] = input_key(row, first + c);
-    tile_index[c] = first + c;
+    tile[c] = vec2<u32>(input_key(row, first + c), first + c);
   }
   tile_sort_runs(lid, TILE);
   tile_reduce_runs(lid, TILE);
@@ -325,13 +315,12 @@ fn select_tiles(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 fn load_level_tile(lid: u32, row: u32, tile_in_row: u32) {
   let base = row * params.width + tile_in_row * TILE;
   for (var c = lid; c < TILE; c += WG) {
-    tile_keys[c] = scratch_keys[base + c];
-    tile_index[c] = scratch_index[base + c];
+    tile[c] = vec2<u32>(scratch_keys[base + c], scratch_index[base + c]);
   }
   workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn select_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
   let tiles_per_row = params.width / TILE;
@@ -344,7 +333,7 @@ fn select_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
   store_run_to_next(lid, row, tile_in_row, tiles_per_row * RUN);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn select_runs_final(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
   let row = wid.y * nwg.x + wid.x;

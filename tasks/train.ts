@@ -146,6 +146,25 @@ export function resolveConfig(flags: Flags): TrainConfig {
     throw new UserError(`--temperature must be > 0, got ${loss.temperature}`);
   }
   if (loss.kind === "rank-k" && loss.k === undefined) loss.k = 2;
+  if (config.batch < 2) {
+    throw new UserError("--batch must be at least 2 (BatchNorm and negatives need two images)");
+  }
+  const negatives = config.batch - 1;
+  if (loss.kind === "triplet" && loss.window && loss.window[1] > negatives) {
+    if (str("window") !== undefined) {
+      throw new UserError(
+        `--window ${loss.window} needs ${loss.window[1]} negatives, but a batch of ` +
+          `${config.batch} has ${negatives}: use a larger --batch or a smaller window`,
+      );
+    }
+    // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so.
+    const shrunk: [number, number] = [Math.min(loss.window[0], negatives), negatives];
+    config.deviations.push(
+      `window [${loss.window}] shrunk to [${shrunk}]: a batch of ${config.batch} has only ` +
+        `${negatives} negatives per image`,
+    );
+    loss.window = shrunk;
+  }
   config.loss = loss;
   if (config.dataset === "folder" && !config.data) {
     throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
@@ -277,6 +296,9 @@ async function main(): Promise<number> {
       `largest tensor ${(memory.largestTensorBytes / 2 ** 20).toFixed(1)} MiB (${memory.largestAt}); ` +
       `largest batch that fits one binding: ${memory.maxBatch}`,
       `${totalSteps} steps (${(totalSteps / stepsPerEpoch).toFixed(2)} epochs), run directory ${outDir}`,
+      ...(config.deviations.length > 0
+        ? ["departures from METHOD.md:", ...config.deviations.map((d) => `  - ${d}`)]
+        : []),
     ].join("\n"),
   );
 

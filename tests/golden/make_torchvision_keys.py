@@ -37,3 +37,10 @@ if len(sys.argv) > 1:
     result = model.load_state_dict(state, strict=False)
     print("missing:", result.missing_keys)
     print("unexpected:", len(result.unexpected_keys), "keys (heads, target, optimizer)")
+    record = {
+        "checkpoint": "a ResNet-50 tritrain checkpoint (tests/checkpoint_test.ts writes the same kind)",
+        "missing_keys": result.missing_keys,
+        "unexpected_key_prefixes": sorted({k.split(".")[0] for k in result.unexpected_keys}),
+    }
+    with open(os.path.join(here, "torchvision_load.json"), "w") as f:
+        json.dump(record, f, indent=1)
