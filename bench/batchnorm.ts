@@ -15,7 +15,7 @@ import {
   timeGpu,
   withRatio,
 } from "./harness.ts";
-import { loadTfjs, type Tfjs } from "./tfjs.ts";
+import { loadTfjs, syncTfjs, type Tfjs } from "./tfjs.ts";
 
 interface Case {
   name: string;
@@ -85,13 +85,6 @@ async function timeOurs(gpu: Gpu, c: Case, x: Float32Array, dy: Float32Array): P
   return ms;
 }
 
-/** Submit tfjs's pending GPU work and wait for it (no readback, like our gpu.sync()). */
-async function tfjsSync(tf: Tfjs): Promise<void> {
-  const backend = tf.backend() as unknown as { submitQueue(): void; device: GPUDevice };
-  backend.submitQueue();
-  await backend.device.queue.onSubmittedWorkDone();
-}
-
 async function timeTfjs(tf: Tfjs, c: Case, x: Float32Array, dy: Float32Array): Promise<number> {
   const tx = tf.tensor2d(x, [c.rows, c.channels]);
   const tdy = tf.tensor2d(dy, [c.rows, c.channels]);
@@ -106,7 +99,7 @@ async function timeTfjs(tf: Tfjs, c: Case, x: Float32Array, dy: Float32Array): P
     tf.tidy(() => {
       gradients([tx, gamma, beta], tdy);
     });
-    await tfjsSync(tf);
+    await syncTfjs(tf);
   });
   tf.dispose([tx, tdy, gamma, beta]);
   return ms;

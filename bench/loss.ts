@@ -20,7 +20,7 @@ import {
   timeGpu,
   withRatio,
 } from "./harness.ts";
-import { loadTfjs, type Tfjs } from "./tfjs.ts";
+import { loadTfjs, syncTfjs, type Tfjs } from "./tfjs.ts";
 import type { Scalar, Tensor, Tensor2D } from "@tensorflow/tfjs";
 
 const DIM = 256;
@@ -71,25 +71,6 @@ async function timeOurs(gpu: Gpu, n: number, p: Float32Array, z: Float32Array) {
   return { stepMs, sortMs, value };
 }
 
-/**
- * Submit tfjs's pending GPU work and wait for it (no readback, like our gpu.sync()). The open
- * compute pass must end first, as tfjs does itself before submitting: finishing an encoder with
- * a pass still open makes an invalid command buffer, and its work is silently dropped.
- */
-async function tfjsSync(tf: Tfjs): Promise<void> {
-  const backend = tf.backend() as unknown as {
-    commandEncoder: GPUCommandEncoder | null;
-    endComputePassEncoder(): void;
-    submitQueue(): void;
-    device: GPUDevice;
-  };
-  if (backend.commandEncoder) {
-    backend.endComputePassEncoder();
-    backend.submitQueue();
-  }
-  await backend.device.queue.onSubmittedWorkDone();
-}
-
 async function timeTfjs(tf: Tfjs, n: number, p: Float32Array, z: Float32Array) {
   const [first, last] = WINDOW;
   const tp = tf.tensor2d(p, [n, DIM]);
@@ -132,7 +113,7 @@ async function timeTfjs(tf: Tfjs, n: number, p: Float32Array, z: Float32Array) {
   const reps = n >= 4096 ? { warmup: 1, iterations: 1 } : { warmup: 1, iterations: 5 };
   const ms = await timeAsync(async () => {
     const { value: v, grad } = valueAndGrad(tp);
-    await tfjsSync(tf);
+    await syncTfjs(tf);
     v.dispose();
     grad.dispose();
   }, reps);

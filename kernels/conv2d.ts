@@ -39,7 +39,7 @@ export function conv2dForward(
   expectShape("conv2dForward", "y", y, g.outShape);
   if (bias) expectShape("conv2dForward", "bias", bias, [s.outChannels]);
   const m = s.batch * g.outHeight * g.outWidth;
-  const tile = chooseTile(gpu, m, s.outChannels, 1);
+  const tile = chooseTile(gpu, m, s.outChannels, false);
   const kernel = gpu.kernel("conv2d", {
     substitute: tile.substitute,
     constants: { ...g.constants, PASS: PASS_FORWARD, HAS_BIAS: bias ? 1 : 0 },
@@ -66,13 +66,24 @@ export function conv2dInputGrad(
   expectShape("conv2dInputGrad", "dy", dy, g.outShape);
   expectShape("conv2dInputGrad", "weight", weight, g.weightShape);
   expectShape("conv2dInputGrad", "dx", dx, g.inShape);
-  for (let phaseH = 0; phaseH < s.stride; phaseH++) {
-    for (let phaseW = 0; phaseW < s.stride; phaseW++) {
+  // Kernel taps reaching input rows of a phase: kh = first, first + stride, ... < kernelSize.
+  const taps = (phase: number) => {
+    const first = (phase + s.padding) % s.stride;
+    return first >= s.kernelSize ? 0 : ceilDiv(s.kernelSize - first, s.stride);
+  };
+  const phases = Array.from({ length: s.stride }, (_, p) => p);
+  if (phases.some((p) => taps(p) === 0)) {
+    // Kernel smaller than the stride (1x1 stride 2): some pixels get no gradient. Zero all of dx
+    // (a fill, far cheaper than running GEMMs with K = 0); the other phases overwrite theirs.
+    gpu.currentEncoder().clearBuffer(dx.buffer, dx.byteOffset, dx.byteLength);
+  }
+  for (const phaseH of phases) {
+    for (const phaseW of phases) {
       const rows = ceilDiv(s.inHeight - phaseH, s.stride);
       const cols = ceilDiv(s.inWidth - phaseW, s.stride);
-      if (rows <= 0 || cols <= 0) continue;
+      if (rows <= 0 || cols <= 0 || taps(phaseH) * taps(phaseW) === 0) continue;
       const m = s.batch * rows * cols;
-      const tile = chooseTile(gpu, m, s.inChannels, s.stride * s.stride);
+      const tile = chooseTile(gpu, m, s.inChannels, false);
       const kernel = gpu.kernel("conv2d", {
         substitute: tile.substitute,
         constants: { ...g.constants, PASS: PASS_INPUT_GRAD, PHASE_H: phaseH, PHASE_W: phaseW },
@@ -105,8 +116,7 @@ export function conv2dWeightGrad(
   const m = s.kernelSize * s.kernelSize * s.inChannels;
   const n = s.outChannels;
   const pixels = s.batch * g.outHeight * g.outWidth;
-  // K slices supply the parallelism, so the tile only has to fit M and N.
-  const tile = chooseTile(gpu, m, n, MIN_WORKGROUPS);
+  const tile = chooseTile(gpu, m, n, true);
   const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
   const { slices, sliceLen } = splitPixels(pixels, tiles, m * n, gpu);
   const split = slices > 1;
@@ -170,8 +180,13 @@ const PASS_WEIGHT_GRAD = 2;
 
 /** Workgroup memory per unit of WG_X + WG_Y: TILE_K (16) x 16 floats of 4 bytes. */
 const TILE_BYTES_PER_WG_ROW = 16 * 16 * 4;
-/** Fewer workgroups than this leave GPU cores (or the CPU adapter's threads) idle. */
-const MIN_WORKGROUPS = 32;
+/**
+ * Workgroups the device runs at once: lavapipe runs one per CPU thread; for a GPU, a round
+ * number of a few per compute unit.
+ */
+function parallelSlots(gpu: Gpu): number {
+  return gpu.isFallback ? navigator.hardwareConcurrency || 2 : 128;
+}
 
 interface TileShape {
   tileM: number;
@@ -187,30 +202,32 @@ const DEFAULT_TILE = tileShape(4, 4);
 
 /**
  * Pick the workgroup's thread grid (and so TILE_M x TILE_N); each invocation owns 16 x 16 outputs.
- * WG_X covers N with little waste. WG_Y (up to 64 invocations per workgroup, within workgroup
- * memory) is the one that pads M least among those leaving at least `MIN_WORKGROUPS` workgroups
- * (counting `parallel` independent dispatches or K slices); invocation counts stay multiples of 8
- * so no SIMD lane of a CPU adapter idles.
+ * WG_X covers N with little waste. WG_Y (up to 64 invocations, within workgroup memory, counts
+ * that are multiples of 8 so no SIMD lane of a CPU adapter idles) minimises a simple time model:
+ * waves of workgroups over the device's parallel slots, times the work of one tile, which grows
+ * with padding and with staging (per multiply-add, staging costs ~0.9 (1/WG_X + 1/WG_Y) of the
+ * inner loop's, measured on lavapipe). With `sliced`, K slices supply the parallelism, so only
+ * the per-tile work counts.
  */
-function chooseTile(gpu: Gpu, m: number, n: number, parallel: number): TileShape {
+function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape {
   const wgX = n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
   const storageRows = Math.floor(gpu.limits.maxComputeWorkgroupStorageSize / TILE_BYTES_PER_WG_ROW);
   const maxWgY = Math.max(1, Math.min(Math.floor(64 / wgX), 16, storageRows - wgX));
   const tilesN = ceilDiv(n, 16 * wgX);
-  let best = 0;
-  let bestPadded = Infinity;
-  let fallback = 1;
+  const slots = parallelSlots(gpu);
+  let best = 1;
+  let bestTime = Infinity;
   for (let wgY = maxWgY; wgY >= 1; wgY--) {
-    if ((wgX * wgY) % 8 !== 0) continue;
-    fallback = wgY;
-    const tilesM = ceilDiv(m, 16 * wgY);
-    const padded = tilesM * 16 * wgY;
-    if (tilesM * tilesN * parallel >= MIN_WORKGROUPS && padded < bestPadded) {
+    if ((wgX * wgY) % 8 !== 0 && wgY !== 1) continue;
+    const tiles = ceilDiv(m, 16 * wgY) * tilesN;
+    const tileWork = 256 * wgX * wgY * (1 + 0.9 * (1 / wgX + 1 / wgY));
+    const time = (sliced ? tiles : ceilDiv(tiles, slots)) * tileWork;
+    if (time < bestTime) {
       best = wgY;
-      bestPadded = padded;
+      bestTime = time;
     }
   }
-  return tileShape(wgX, best || fallback);
+  return tileShape(wgX, best);
 }
 
 /** Split the weight gradient's pixel sum so the grid has enough workgroups; slices of >= 256. */
@@ -220,12 +237,11 @@ function splitPixels(
   outputSize: number,
   gpu: Gpu,
 ): { slices: number; sliceLen: number } {
-  const minWorkgroups = 32;
+  // A few waves of workgroups balance the load; each slice keeps >= 256 pixels so the scratch
+  // and the second pass stay small next to the product.
+  const wanted = 4 * parallelSlots(gpu);
   const minSliceLen = 256;
-  let slices = Math.max(
-    1,
-    Math.min(ceilDiv(minWorkgroups, tiles), Math.floor(pixels / minSliceLen)),
-  );
+  let slices = Math.max(1, Math.min(ceilDiv(wanted, tiles), Math.floor(pixels / minSliceLen)));
   // The scratch must fit in one binding.
   const maxSlices = Math.floor(gpu.maxBindingBytes / (4 * outputSize));
   slices = Math.max(1, Math.min(slices, maxSlices));

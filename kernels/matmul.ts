@@ -104,26 +104,51 @@ export function matmulShape(
   return { batch, m, n, k: kA, sharedB: rankB === 2 && rankA === 3 };
 }
 
-/** Per-device 16-byte buffers bound to the views a call does not use (separate buffers for the
- * read-only and the writable slots, since one buffer may not be both in a dispatch). */
-const placeholders = new WeakMap<Gpu, { input: GPUBuffer; output: GPUBuffer }>();
+/** Per-device 16-byte buffer bound as the bias of calls without one. */
+const placeholders = new WeakMap<Gpu, GPUBuffer>();
 
-function unused(gpu: Gpu): { input: GPUBuffer; output: GPUBuffer } {
-  let p = placeholders.get(gpu);
-  if (!p) {
-    const make = (label: string) =>
-      gpu.device.createBuffer({ label, size: 16, usage: GPUBufferUsage.STORAGE });
-    p = { input: make("matmul-unused-input"), output: make("matmul-unused-output") };
-    placeholders.set(gpu, p);
+function noBias(gpu: Gpu): GPUBuffer {
+  let buffer = placeholders.get(gpu);
+  if (!buffer) {
+    buffer = gpu.device.createBuffer({
+      label: "matmul-no-bias",
+      size: 16,
+      usage: GPUBufferUsage.STORAGE,
+    });
+    placeholders.set(gpu, buffer);
   }
-  return p;
+  return buffer;
 }
 
 function roundUp4(x: number): number {
   return Math.ceil(x / 4) * 4;
 }
 
-/** A stored operand as the kernel reads it: rows x cols per matrix, cols a multiple of 4. */
+/** Copy each [rows, cols] matrix of a batch into the top-left of a zero-filled [rows2, cols2]
+ * matrix of `target` (or the top-left [rows2, cols2] of it, when `target` is smaller). */
+function copyPadded(
+  gpu: Gpu,
+  source: Tensor,
+  target: Tensor,
+  batch: number,
+  [rows, cols]: [number, number],
+  [rows2, cols2]: [number, number],
+): void {
+  const size = batch * rows2 * cols2;
+  gpu.dispatch(gpu.kernel("matmul", { entryPoint: "copy_padded" }), {
+    uniforms: packUniforms([
+      ["u32", rows],
+      ["u32", cols],
+      ["u32", rows2],
+      ["u32", cols2],
+      ["u32", size],
+    ]),
+    storage: [null, source, null, target],
+    workgroups: grid1d(Math.ceil(size / 64), gpu.limits.maxComputeWorkgroupsPerDimension),
+  });
+}
+
+/** A stored matrix as the kernel reads it: rows x cols per matrix, cols a multiple of 4. */
 interface Operand {
   tensor: Tensor;
   cols: number;
@@ -148,26 +173,15 @@ function vec4Readable(
   const colsPadded = roundUp4(cols);
   if (rowsPadded === rows && colsPadded === cols) return { tensor: t, cols, temporary: false };
   const padded = gpu.empty([batch, rowsPadded, colsPadded]);
-  const totalQuads = (batch * rowsPadded * colsPadded) / 4;
-  gpu.dispatch(gpu.kernel("matmul", { entryPoint: "pad" }), {
-    uniforms: packUniforms([
-      ["u32", rows],
-      ["u32", cols],
-      ["u32", rowsPadded],
-      ["u32", colsPadded / 4],
-      ["u32", totalQuads],
-    ]),
-    storage: [null, t, null, padded],
-    workgroups: grid1d(Math.ceil(totalQuads / 64), gpu.limits.maxComputeWorkgroupsPerDimension),
-  });
+  copyPadded(gpu, t, padded, batch, [rows, cols], [rowsPadded, colsPadded]);
   return { tensor: padded, cols: colsPadded, temporary: true };
 }
 
 /**
  * C = op(A)·op(B) (+ bias) into `out` (or `out +=` with `accumulate`), where op transposes when
  * asked: A is [M, K] or [K, M], B is [K, N] or [N, K], out is [M, N]; rank-3 tensors are batches.
- * Operands whose rows are not a multiple of 4 long (or any, when K is not) are first copied into
- * zero-padded temporaries, so the multiply always reads vec4.
+ * Matrices whose rows are not a multiple of 4 long (and A and B when K is not) go through
+ * zero-padded temporaries, so the multiply always reads and writes vec4.
  */
 export function matmul(
   gpu: Gpu,
@@ -204,39 +218,37 @@ export function matmul(
     : vec4Readable(gpu, b, batchB, k, n, k !== kPadded);
   const aRows = transposeA ? kPadded : m;
   const bRows = transposeB ? n : kPadded;
-  const cVec4 = n % 4 === 0;
-  const kernel = gpu.kernel("matmul", {
-    constants: {
-      TRANSPOSE_A: transposeA ? 1 : 0,
-      TRANSPOSE_B: transposeB ? 1 : 0,
-      C_VEC4: cVec4 ? 1 : 0,
+  // C with rows a multiple of 4 long: `out` itself, or a padded temporary copied back after.
+  const nPadded = roundUp4(n);
+  const c = nPadded === n ? out : gpu.empty([batch, m, nPadded]);
+  if (c !== out && options.accumulate) copyPadded(gpu, out, c, batch, [m, n], [m, nPadded]);
+  gpu.dispatch(
+    gpu.kernel("matmul", {
+      constants: { TRANSPOSE_A: transposeA ? 1 : 0, TRANSPOSE_B: transposeB ? 1 : 0 },
+    }),
+    {
+      uniforms: packUniforms([
+        ["u32", m],
+        ["u32", n],
+        ["u32", kPadded / 4],
+        ["u32", opA.cols / 4],
+        ["u32", opB.cols / 4],
+        ["u32", nPadded / 4],
+        ["u32", (aRows * opA.cols) / 4],
+        ["u32", sharedB ? 0 : (bRows * opB.cols) / 4],
+        ["u32", (m * nPadded) / 4],
+        ["u32", options.bias ? 1 : 0],
+        ["u32", options.accumulate ? 1 : 0],
+        ["u32", lanesN],
+      ]),
+      storage: [opA.tensor, null, opB.tensor, null, c, null, options.bias ?? noBias(gpu)],
+      workgroups,
     },
-  });
-  gpu.dispatch(kernel, {
-    uniforms: packUniforms([
-      ["u32", m],
-      ["u32", n],
-      ["u32", kPadded / 4],
-      ["u32", opA.cols / 4],
-      ["u32", opB.cols / 4],
-      ["u32", (aRows * opA.cols) / 4],
-      ["u32", sharedB ? 0 : (bRows * opB.cols) / 4],
-      ["u32", m * n],
-      ["u32", options.bias ? 1 : 0],
-      ["u32", options.accumulate ? 1 : 0],
-      ["u32", lanesN],
-    ]),
-    storage: [
-      opA.tensor,
-      null,
-      opB.tensor,
-      null,
-      cVec4 ? out : unused(gpu).output,
-      cVec4 ? unused(gpu).output : out,
-      options.bias ?? unused(gpu).input,
-    ],
-    workgroups,
-  });
+  );
+  if (c !== out) {
+    copyPadded(gpu, c, out, batch, [m, nPadded], [m, n]);
+    c.release();
+  }
   if (opA.temporary) opA.tensor.release();
   if (opB.temporary) opB.tensor.release();
 }

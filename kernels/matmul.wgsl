@@ -1,22 +1,22 @@
 // Matrix multiply C = op(A) · op(B) (+ bias) (+ old C when accumulating), f32, optionally batched,
-// plus `pad`, which copies an operand into a zero-padded layout that `main` can read as vec4.
+// plus `copy_padded`, which copies matrices into or out of the zero-padded layouts `main` reads.
 //
 // main: op(A) is M x K, read from A stored [M, K] row-major, or [K, M] when TRANSPOSE_A.
 //   op(B) is K x N, read from B stored [K, N] row-major, or [N, K] when TRANSPOSE_B.
-//   The operands must be vec4-readable: each row's length (lda4 / ldb4 vec4) covers the logical
-//   row and K is a multiple of 4, with zeros past the logical K (the wrapper pads what is not).
-//   C is [M, N] row-major (read as vec4 when C_VEC4, i.e. N % 4 == 0).
-//   Batched: matrix z starts at z * a_batch4 / b_batch4 vec4 and z * c_batch floats
-//   (b_batch4 = 0 shares one B across the batch).
-//   Bindings: 0 uniform Params; 1 a (read, vec4); 3 b (read, vec4); 5 c_vec4 (read_write) when
-//   C_VEC4, else 6 c_flat (read_write); 7 bias (read) [N], added to every row when has_bias.
+//   Every matrix is read and written as vec4: stored rows are lda4 / ldb4 / ldc4 vec4 long
+//   (covering the logical row), and K is a multiple of 4 with zeros past the logical K (the
+//   wrapper pads what is not). C is [M, ldc4 * 4] row-major; columns past N are scratch.
+//   Batched: matrix z starts at z * a_batch4 / b_batch4 / c_batch4 vec4 (b_batch4 = 0 shares
+//   one B across the batch).
+//   Bindings: 0 uniform Params; 1 a (read); 3 b (read); 5 c (read_write); 7 bias (read) [N],
+//   added to every row when has_bias.
 //   Dispatch: (ceil(N / (16 lanes_n)), ceil(M / (16 (8 / lanes_n))), batch) workgroups of 8
 //   invocations; each invocation computes a 16 x 16 block of C.
 //
-// pad: target[z][r][c] = source[z][r][c] inside rows x cols, else 0, for a target of
-//   rows_padded x cols_padded (cols_padded % 4 == 0). Bindings: 0 uniform PadParams;
-//   2 pad_source (read, f32); 4 pad_target (read_write, vec4).
-//   Dispatch: ceil(batch * rows_padded * cols_padded / 4 / 64) workgroups of 64, folded into x-y.
+// copy_padded: target[z][r][c] = source[z][r][c] where r < source_rows and c < source_cols, else
+//   0, for every element of a batch x target_rows x target_cols target (source and target have
+//   the same batch; either may be the larger). Bindings: 0 uniform CopyParams; 2 copy_source
+//   (read); 4 copy_target (read_write). Dispatch: ceil(size / 64) workgroups of 64, folded x-y.
 //
 // Why main is shaped like this (measured on lavapipe, which runs 8 invocations as the 8 lanes of
 // one 256-bit SIMD register): every storage load whose address differs between lanes becomes a
@@ -24,54 +24,54 @@
 // dominate; a vec4 load costs ~2.3x a scalar one but brings 4 values. Each invocation therefore
 // owns a 16 x 16 block of C (64 vec4 accumulators) and, per 4 steps of k, loads 16 vec4 of A and
 // 16 vec4 of B for 1024 multiply-adds. Workgroup memory does not help: its loads cost the same per
-// lane, and barriers add coroutine switches. The 8 lanes of a workgroup sit side by side along N,
-// so they read the same rows of A (lanes along M measured 3x slower). Rows and columns past M and
-// N are clamped to the last valid one (their results are never stored), so the hot loop has no
-// branches. Unrolled code is written out by hand: NIR does not unroll the loops of a looped
-// version, whose register arrays then live in memory (3x slower).
+// lane, and barriers add coroutine switches. When N is wide the 8 lanes of a workgroup sit side
+// by side along N, so they read the same rows of A (lanes along M measured 1.5-3x slower). Rows
+// and columns past M and N are clamped to the last valid one (their results are never stored),
+// so the hot loop has no branches. Unrolled code is written out by hand: NIR does not unroll the
+// loops of a looped version, whose register arrays then live in memory (3x slower). Padding
+// instead of scalar code paths keeps each specialisation small: lavapipe compiles one in ~1.7 s
+// of CPU, and a scalar store epilogue alone took 2.5 s more.
 
 override TRANSPOSE_A: bool = false;
 override TRANSPOSE_B: bool = false;
-override C_VEC4: bool = false;
 
 struct Params {
   m: u32,
   n: u32,
   // K / 4 (K is padded to a multiple of 4).
   k_quads: u32,
-  // Row strides of the stored A and B, in vec4.
+  // Row strides of the stored A, B and C, in vec4.
   lda4: u32,
   ldb4: u32,
+  ldc4: u32,
   a_batch4: u32,
   b_batch4: u32,
-  c_batch: u32,
+  c_batch4: u32,
   has_bias: u32,
   accumulate: u32,
   // Invocations of a workgroup side by side along N (8, 4 or 1); the rest stack along M.
   lanes_n: u32,
 }
 
-struct PadParams {
-  rows: u32,
-  cols: u32,
-  rows_padded: u32,
-  // cols_padded / 4.
-  quads_padded: u32,
-  // batch * rows_padded * cols_padded / 4.
-  total_quads: u32,
+struct CopyParams {
+  source_rows: u32,
+  source_cols: u32,
+  target_rows: u32,
+  target_cols: u32,
+  // batch * target_rows * target_cols.
+  size: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> c_vec4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> c_flat: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 
-// Used by `pad` only (an entry point's bindings may share numbers with another's).
-@group(0) @binding(0) var<uniform> pad_params: PadParams;
-@group(0) @binding(2) var<storage, read> pad_source: array<f32>;
-@group(0) @binding(4) var<storage, read_write> pad_target: array<vec4<f32>>;
+// Used by `copy_padded` only (an entry point's bindings may share numbers with another's).
+@group(0) @binding(0) var<uniform> copy_params: CopyParams;
+@group(0) @binding(2) var<storage, read> copy_source: array<f32>;
+@group(0) @binding(4) var<storage, read_write> copy_target: array<f32>;
 
 const TILE_ROWS: u32 = 16u;
 const TILE_COLS: u32 = 16u;
@@ -167,28 +167,15 @@ fn load_bias(col0: u32) -> RowAcc {
   );
 }
 
-// C[row, col .. col + 3] = v (+ old C), at flat index `first`, skipping columns past N.
-fn store_quad(first: u32, col: u32, v: vec4<f32>) {
-  let n = params.n;
-  if (C_VEC4) {
-    // N % 4 == 0: the quad lies wholly inside or wholly outside the row.
-    if (col < n) {
-      var value = v;
-      if (params.accumulate != 0u) {
-        value += c_vec4[first / 4u];
-      }
-      c_vec4[first / 4u] = value;
+// C[row, col .. col + 3] = v (+ old C) at vec4 index `index`, unless the quad starts past N (a
+// quad that straddles N is written whole: C's padded columns are scratch).
+fn store_quad(index: u32, col: u32, v: vec4<f32>) {
+  if (col < params.n) {
+    var value = v;
+    if (params.accumulate != 0u) {
+      value += c[index];
     }
-  } else {
-    for (var e = 0u; e < 4u; e++) {
-      if (col + e < n) {
-        var x = v[e];
-        if (params.accumulate != 0u) {
-          x += c_flat[first + e];
-        }
-        c_flat[first + e] = x;
-      }
-    }
+    c[index] = value;
   }
 }
 
@@ -197,11 +184,11 @@ fn store_row(c_base: u32, row: u32, col0: u32, acc: RowAcc, bias_row: RowAcc) {
   if (row >= params.m) {
     return;
   }
-  let first = c_base + row * params.n + col0;
+  let first = c_base + row * params.ldc4 + col0 / 4u;
   store_quad(first, col0, acc.q0 + bias_row.q0);
-  store_quad(first + 4u, col0 + 4u, acc.q1 + bias_row.q1);
-  store_quad(first + 8u, col0 + 8u, acc.q2 + bias_row.q2);
-  store_quad(first + 12u, col0 + 12u, acc.q3 + bias_row.q3);
+  store_quad(first + 1u, col0 + 4u, acc.q1 + bias_row.q1);
+  store_quad(first + 2u, col0 + 8u, acc.q2 + bias_row.q2);
+  store_quad(first + 3u, col0 + 12u, acc.q3 + bias_row.q3);
 }
 
 @compute @workgroup_size(8)
@@ -238,7 +225,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     r14 = update_row(r14, a3[2], p); r15 = update_row(r15, a3[3], p);
   }
 
-  let c_base = wid.z * params.c_batch;
+  let c_base = wid.z * params.c_batch4;
   let bias_row = load_bias(col0);
   store_row(c_base, row0, col0, r0, bias_row);
   store_row(c_base, row0 + 1u, col0, r1, bias_row);
@@ -259,29 +246,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 @compute @workgroup_size(64)
-fn pad(
+fn copy_padded(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
   let i = (wid.y * nwg.x + wid.x) * 64u + lid;
-  if (i >= pad_params.total_quads) {
+  if (i >= copy_params.size) {
     return;
   }
-  let quads = pad_params.quads_padded;
-  let padded_row = i / quads;
-  let col0 = (i - padded_row * quads) * 4u;
-  let z = padded_row / pad_params.rows_padded;
-  let row = padded_row - z * pad_params.rows_padded;
-  let cols = pad_params.cols;
-  let first = (z * pad_params.rows + row) * cols + col0;
-  var v = vec4<f32>(0.0);
-  if (row < pad_params.rows) {
-    for (var e = 0u; e < 4u; e++) {
-      if (col0 + e < cols) {
-        v[e] = pad_source[first + e];
-      }
-    }
+  let target_cols = copy_params.target_cols;
+  let target_row = i / target_cols;
+  let col = i - target_row * target_cols;
+  let z = target_row / copy_params.target_rows;
+  let row = target_row - z * copy_params.target_rows;
+  var v = 0.0;
+  if (row < copy_params.source_rows && col < copy_params.source_cols) {
+    v = copy_source[(z * copy_params.source_rows + row) * copy_params.source_cols + col];
   }
-  pad_target[i] = v;
+  copy_target[i] = v;
 }

@@ -3,7 +3,8 @@ import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime
 
 /** The longest tile one workgroup sorts (2 x 4 bytes per element: 32 KiB of workgroup memory). */
 const MAX_TILE = 4096;
-const WORKGROUP = 256;
+/** Threads per workgroup (WG in sort.wgsl). */
+const WORKGROUP = 64;
 
 /** Options for {@link sortRows}. */
 export interface SortOptions {

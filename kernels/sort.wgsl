@@ -29,9 +29,9 @@
 // [rows, P]); 4 out_keys (read_write, f32 [rows, out_cols]: the leading out_cols sorted keys);
 // 5 out_index (read_write, u32 [rows, out_cols]); 6 next_keys, 7 next_index (read_write, u32
 // [rows, width], the next selection level). Each entry point binds the subset it uses.
-// Dispatch (256 threads per workgroup, grids folded into x-y, linear id wid.y * nwg.x + wid.x):
+// Dispatch (64 threads per workgroup, grids folded into x-y, linear id wid.y * nwg.x + wid.x):
 // sort_rows_in_tile: rows workgroups; sort_tiles and merge_tiles: rows * P / TILE; merge_tiles_final:
-// rows * tiles_out (tiles holding the first out_cols ranks); merge_global: rows * P / 2 / 256;
+// rows * tiles_out (tiles holding the first out_cols ranks); merge_global: rows * P / 2 / 64;
 // select_rows_in_tile: rows; select_tiles: rows * P / TILE; select_runs(_final): rows * width /
 // TILE (width = the source level's elements per row). TILE and RUN (powers of two) are
 // substituted by the wrapper.
@@ -58,6 +58,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> next_keys: array<u32>;
 @group(0) @binding(7) var<storage, read_write> next_index: array<u32>;
 
+// 64 threads: two warps on a GPU, and on a CPU adapter (lavapipe runs a workgroup as 8-lane
+// batches switched at every barrier) half the time of 256 threads, measured on 4096-long rows.
 const WG: u32 = 64u;
 const TILE: u32 = {{TILE}}u;
 const RUN: u32 = {{RUN}}u;
