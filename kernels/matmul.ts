@@ -1,5 +1,5 @@
 /** Matrix multiply C = op(A)·op(B) (+ bias) (+= C), plain or batched; the GEMM behind Linear. */
-import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
 
 /** Options for {@link matmul}. */
 export interface MatmulOptions {
@@ -134,17 +134,11 @@ function copyPadded(
   [rows, cols]: [number, number],
   [rows2, cols2]: [number, number],
 ): void {
-  const size = batch * rows2 * cols2;
+  const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   gpu.dispatch(gpu.kernel("matmul", { entryPoint: "copy_padded" }), {
-    uniforms: packUniforms([
-      ["u32", rows],
-      ["u32", cols],
-      ["u32", rows2],
-      ["u32", cols2],
-      ["u32", size],
-    ]),
+    uniforms: packUniforms([["u32", rows], ["u32", cols], ["u32", rows2], ["u32", cols2]]),
     storage: [null, source, null, target],
-    workgroups: grid1d(Math.ceil(size / 64), gpu.limits.maxComputeWorkgroupsPerDimension),
+    workgroups: [Math.ceil(cols2 / 64), Math.min(rows2, maxPerDim), batch],
   });
 }
 

@@ -74,10 +74,17 @@ function branchEntries(branch: Branch, prefix: string): Entry[] {
   return entriesOf(prefix, branch.parameters(), branch.states());
 }
 
+/** Thrown instead of writing a checkpoint that holds NaN or infinite values. */
+export class NonFiniteError extends Error {}
+
 async function toHost(gpu: Gpu, entries: Entry[]): Promise<[string, HostTensor][]> {
   const data = await gpu.read(entries.map((e) => e.tensor));
   return entries.map((e, i) => {
     const values = data[i] as Float32Array;
+    const bad = values.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new NonFiniteError(`${e.name}[${bad}] is ${values[bad]}; the checkpoint was not written`);
+    }
     const converted = e.layout === "hwio"
       ? hwioToOihw(values, e.tensor.shape)
       : { data: values, shape: e.tensor.shape };
@@ -88,7 +95,7 @@ async function toHost(gpu: Gpu, entries: Entry[]): Promise<[string, HostTensor][
 /** Position in training and anything else the caller wants restored (JSON-serialisable). */
 export type CheckpointMetadata = Record<string, unknown>;
 
-/** Write the whole training state atomically. */
+/** Write the whole training state atomically; refuses (NonFiniteError) to save NaN or Inf. */
 export async function saveCheckpoint(
   path: string,
   model: SslModel,

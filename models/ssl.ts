@@ -102,7 +102,8 @@ export class SslModel {
   readonly target: Branch;
   readonly loss: SslLoss;
   readonly velocity: Tensor[];
-  private norms: Tensor;
+  /** |w| and |g| of every online parameter at the last step (LARS computes them). */
+  readonly norms: Tensor;
   private onlineCtx: Context;
   private targetCtx: Context;
 

@@ -14,7 +14,7 @@ import { momentumAt } from "../kernels/ema.ts";
 import { learningRateAt } from "../models/schedule.ts";
 import { parameterCount } from "../models/resnet.ts";
 import { checkBatchFits } from "../models/memory.ts";
-import { loadCheckpoint, saveCheckpoint } from "../models/checkpoint.ts";
+import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
 import { evaluateBackbone, type EvaluationResult } from "../models/evaluate.ts";
 import { bernoulliK } from "../models/bernoulli.ts";
 import {
@@ -57,8 +57,16 @@ Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2
   --seed N             seed for initialisation, data order and augmentation
   --out DIR            run directory (default runs/<preset>-<loss>-<seed>)
   --resume DIR         continue the run in DIR from its checkpoint
+  --widths A,B,C,D     stage widths (torchvision: 64,128,256,512)
+  --log-every N        optimizer steps between loss readbacks / log lines
   --eval-every N       kNN evaluation every N steps (0: only at the end)
+  --eval-bank N        training images in the kNN bank and probe set (0: all)
+  --eval-test N        test images evaluated (0: all)
+  --probe-epochs N     linear probe epochs at the end
   --no-probe           skip the final linear probe
+  --checkpoint-every N also checkpoint every N steps (default: every epoch and at the end)
+  --stop-after N       act as if interrupted after step N (checkpoint, exit 130)
+  --debug-nan-at N     (testing) poison a weight with NaN before step N to exercise the NaN stop
   --profile            print a per-kernel time breakdown of one step, then train
   --help               this text`;
 
@@ -91,6 +99,14 @@ function parseFlags(args: string[]): Flags {
         out: { type: "string" },
         resume: { type: "string" },
         "eval-every": { type: "string" },
+        widths: { type: "string" },
+        "log-every": { type: "string" },
+        "eval-bank": { type: "string" },
+        "eval-test": { type: "string" },
+        "probe-epochs": { type: "string" },
+        "stop-after": { type: "string" },
+        "checkpoint-every": { type: "string" },
+        "debug-nan-at": { type: "string" },
         "no-probe": { type: "boolean" },
         profile: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -128,7 +144,18 @@ export function resolveConfig(flags: Flags): TrainConfig {
   config.lr = finiteNumber("lr", str("lr")) ?? config.lr;
   config.seed = nonNegativeInt("seed", str("seed")) ?? config.seed;
   config.evalEvery = nonNegativeInt("eval-every", str("eval-every")) ?? config.evalEvery;
+  config.logEvery = positiveInt("log-every", str("log-every")) ?? config.logEvery;
+  config.knnBankSize = nonNegativeInt("eval-bank", str("eval-bank")) ?? config.knnBankSize;
+  config.evalTestSize = nonNegativeInt("eval-test", str("eval-test")) ?? config.evalTestSize;
+  config.probeEpochs = nonNegativeInt("probe-epochs", str("probe-epochs")) ?? config.probeEpochs;
   if (flags["no-probe"]) config.probeEpochs = 0;
+  if (str("widths") !== undefined) {
+    const widths = str("widths")!.split(",").map(Number);
+    if (widths.length !== 4 || !widths.every((w) => Number.isInteger(w) && w >= 1)) {
+      throw new UserError(`--widths must be four positive integers A,B,C,D; got ${str("widths")}`);
+    }
+    config.widths = widths as [number, number, number, number];
+  }
   const loss = { ...config.loss };
   loss.kind = oneOf("loss", str("loss"), LOSSES) ?? loss.kind;
   if (str("window") !== undefined) {
@@ -260,6 +287,15 @@ async function main(): Promise<number> {
   progress.log(gpu.describe());
   const train = await loadSplit(config, "train");
   const test = await loadSplit(config, "test");
+  const model = modelConfig(config, train.channels);
+  const memory = (() => {
+    try {
+      return checkBatchFits(model.backbone, config.batch, config.accum, config.imageSize, gpu.maxBindingBytes);
+    } catch (e) {
+      throw new UserError((e as Error).message);
+    }
+  })();
+
   const imagesPerStep = config.batch * config.accum;
   const stepsPerEpoch = Math.floor(train.length / imagesPerStep);
   if (stepsPerEpoch < 1) {
@@ -270,18 +306,14 @@ async function main(): Promise<number> {
   }
   const totalSteps = config.steps ?? config.epochs * stepsPerEpoch;
   const warmupSteps = Math.round(config.warmupEpochs * stepsPerEpoch);
-  const model = modelConfig(config, train.channels);
-  const memory = (() => {
-    try {
-      return checkBatchFits(model.backbone, config.batch, config.accum, config.imageSize, gpu.maxBindingBytes);
-    } catch (e) {
-      throw new UserError((e as Error).message);
-    }
-  })();
-
   const ssl = new SslModel(gpu, model, config.batch, config.seed);
   const negatives = config.batch - 1;
-  const suggestedK = bernoulliK(train.classes, config.batch, 0.05);
+  let suggestedK: string;
+  try {
+    suggestedK = String(bernoulliK(train.classes, config.batch, 0.05));
+  } catch {
+    suggestedK = `none (too few negatives)`;
+  }
   progress.log(
     [
       `preset ${config.preset}: ${config.arch} widths ${config.widths.join("/")}, ` +
@@ -332,6 +364,12 @@ async function main(): Promise<number> {
     augmenter,
   });
 
+  const stopAfter = positiveInt("stop-after", flags["stop-after"] as string | undefined);
+  const checkpointEvery = positiveInt(
+    "checkpoint-every",
+    flags["checkpoint-every"] as string | undefined,
+  );
+  const nanAt = positiveInt("debug-nan-at", flags["debug-nan-at"] as string | undefined);
   let interrupted: string | undefined;
   const onSignal = (name: string) => () => {
     interrupted = name;
@@ -342,18 +380,33 @@ async function main(): Promise<number> {
   ];
   for (const [sig, handler] of signals) Deno.addSignalListener(sig, handler);
 
+  let lastCheckpointStep: number | undefined = resumeDir ? startStep : undefined;
+  const diverged = (step: number, why: string) =>
+    new UserError(
+      `training diverged at step ${step}: ${why}. ` +
+        (lastCheckpointStep === undefined
+          ? "No checkpoint had been written yet"
+          : `The last good checkpoint (step ${lastCheckpointStep}) is kept in ${paths.checkpoint}`) +
+        "; lower --lr or check the data",
+      3,
+    );
   const checkpoint = async (step: number, wallSeconds: number) => {
-    await saveCheckpoint(paths.checkpoint, ssl, {
-      step,
-      epoch: step / stepsPerEpoch,
-      wallSeconds,
-      trainConfig: config,
-    });
+    try {
+      await saveCheckpoint(paths.checkpoint, ssl, {
+        step,
+        epoch: step / stepsPerEpoch,
+        wallSeconds,
+        trainConfig: config,
+      });
+    } catch (e) {
+      if (e instanceof NonFiniteError) throw diverged(step, e.message);
+      throw e;
+    }
+    lastCheckpointStep = step;
   };
 
   const lossSlots = ssl.lossSlots(config.accum);
   let pendingLosses: { step: number; lr: number; ema: number; tensor: Tensor }[] = [];
-  let lastGoodStep = startStep;
   const started = performance.now();
   let imagesSinceLog = 0;
   let logClock = performance.now();
@@ -363,6 +416,10 @@ async function main(): Promise<number> {
   let finalEval: EvaluationResult | undefined;
 
   for (let step = startStep; step < totalSteps; step++) {
+    if (nanAt === step + 1) {
+      const poisoned = ssl.online.parameters()[0].value;
+      poisoned.write(new Float32Array(poisoned.size).fill(NaN));
+    }
     const micro: Batch[] = [];
     for (let i = 0; i < config.accum; i++) micro.push(await loader.next());
     const lr = learningRateAt(step, totalSteps, config.lr, warmupSteps);
@@ -375,9 +432,15 @@ async function main(): Promise<number> {
     const done = step + 1;
     const epochEnd = done % stepsPerEpoch === 0;
     const logNow = done % config.logEvery === 0 || done === totalSteps || epochEnd ||
-      interrupted !== undefined;
+      (checkpointEvery !== undefined && done % checkpointEvery === 0) ||
+      interrupted !== undefined || done === stopAfter ||
+      (config.evalEvery > 0 && done % config.evalEvery === 0);
     if (logNow) {
-      const values = await gpu.read(pendingLosses.map((p) => p.tensor));
+      const [norms, ...values] = await gpu.read([ssl.norms, ...pendingLosses.map((p) => p.tensor)]);
+      if (!norms.every(Number.isFinite)) {
+        for (const q of pendingLosses) q.tensor.release();
+        throw diverged(done, "parameter or gradient norms are not finite");
+      }
       const seconds = (performance.now() - logClock) / 1000;
       const imagesPerSecond = imagesSinceLog / seconds;
       for (let i = 0; i < pendingLosses.length; i++) {
@@ -385,11 +448,7 @@ async function main(): Promise<number> {
         const loss = Array.from(values[i]).reduce((a, b) => a + b, 0) / config.accum;
         if (!Number.isFinite(loss)) {
           for (const q of pendingLosses) q.tensor.release();
-          throw new UserError(
-            `loss became ${loss} at step ${p.step}: training diverged. The last good checkpoint ` +
-              `(step ${lastGoodStep}) is kept in ${paths.checkpoint}; lower --lr or check the data`,
-            3,
-          );
+          throw diverged(p.step, `the loss is ${loss}`);
         }
         await appendLine(paths.metrics, {
           step: p.step,
@@ -413,17 +472,20 @@ async function main(): Promise<number> {
       );
       imagesSinceLog = 0;
       logClock = performance.now();
-      lastGoodStep = done;
-    }
-    if (epochEnd || interrupted !== undefined) await checkpoint(done, wall());
-    if (interrupted !== undefined) {
-      await loader.close();
-      progress.log(`${interrupted}: checkpoint of step ${done} written to ${paths.checkpoint}; ` +
-        `continue with: deno task train --resume ${outDir}`);
-      return 130;
     }
     if (config.evalEvery > 0 && done % config.evalEvery === 0 && done < totalSteps) {
       await evaluate(done, false);
+    }
+    if (stopAfter === done) interrupted = `--stop-after ${done}`;
+    const periodic = checkpointEvery !== undefined && done % checkpointEvery === 0;
+    if (epochEnd || periodic || interrupted !== undefined) await checkpoint(done, wall());
+    if (interrupted !== undefined) {
+      await loader.close();
+      progress.log(
+        `${interrupted}: checkpoint of step ${done} written to ${paths.checkpoint}; ` +
+          `continue with: deno task train --resume ${outDir}`,
+      );
+      return 130;
     }
   }
   await loader.close();

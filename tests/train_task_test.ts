@@ -1,0 +1,247 @@
+/**
+ * The training task end to end, as a user runs it (subprocesses): the run directory and its
+ * fields, resume equality, Ctrl-C checkpoints, the NaN stop, and one clear message per bad input.
+ * Shapes are tiny (widths 4/8/8/16, batch 16, a few steps) so CI stays fast.
+ */
+import assert from "node:assert/strict";
+import { encode as encodePng } from "npm:fast-png@8.0.0";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const TINY = [
+  "--dataset",
+  "fashion-mnist",
+  "--widths",
+  "4,8,8,16",
+  "--batch",
+  "16",
+  "--log-every",
+  "1",
+  "--eval-bank",
+  "256",
+  "--eval-test",
+  "128",
+  "--no-probe",
+];
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function train(args: string[], signalAfterFirstLog?: { metrics: string }): Promise<Result> {
+  const command = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--unstable-webgpu", `${ROOT}tasks/train.ts`, ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const child = command.spawn();
+  if (signalAfterFirstLog) {
+    // Wait for the first metrics line, then press Ctrl-C.
+    for (let i = 0; i < 600; i++) {
+      const text = await Deno.readTextFile(signalAfterFirstLog.metrics).catch(() => "");
+      if (text.trim().length > 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill("SIGINT");
+  }
+  const out = await child.output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+async function metrics(dir: string): Promise<Record<string, unknown>[]> {
+  const text = await Deno.readTextFile(`${dir}/metrics.jsonl`);
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+}
+
+/** The fields that must not depend on timing. */
+function deterministic(lines: Record<string, unknown>[]): unknown[] {
+  return lines.map((m) => [m.step, m.loss ?? null, m.lr ?? null, m.ema ?? null, m.knnTop1 ?? null]);
+}
+
+const TEST = { sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  name:
+    "train task: run directory files and fields; an interrupted and resumed run equals an uninterrupted one",
+  ...TEST,
+  fn: async () => {
+    const base = await Deno.makeTempDir();
+    const whole = `${base}/whole`;
+    const parts = `${base}/parts`;
+    const common = [...TINY, "--steps", "4", "--eval-every", "2", "--seed", "3"];
+    const a = await train([...common, "--out", whole]);
+    assert.equal(a.code, 0, a.stderr + a.stdout);
+    for (
+      const file of [
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "summary.json",
+        "curves.svg",
+      ]
+    ) {
+      assert.ok((await Deno.stat(`${whole}/${file}`)).size > 0, `${file} written`);
+    }
+    const config = JSON.parse(await Deno.readTextFile(`${whole}/config.json`));
+    assert.equal(config.batch, 16);
+    assert.deepEqual(config.widths, [4, 8, 8, 16]);
+    assert.equal(config.loss.kind, "triplet");
+    assert.ok(Array.isArray(config.deviations) && config.deviations.length > 0);
+    const summary = JSON.parse(await Deno.readTextFile(`${whole}/summary.json`));
+    for (
+      const key of ["knnTop1", "linearTop1", "steps", "wallSeconds", "imagesPerSecond", "adapter"]
+    ) {
+      assert.ok(key in summary, `summary.json has ${key}`);
+    }
+    assert.equal(summary.steps, 4);
+    assert.ok(summary.knnTop1 > 0.1 && summary.knnTop1 <= 1, `kNN top-1 ${summary.knnTop1}`);
+    assert.match(await Deno.readTextFile(`${whole}/curves.svg`), /^<svg/);
+    const wholeMetrics = await metrics(whole);
+    assert.equal(wholeMetrics.filter((m) => "loss" in m).length, 4, "one loss line per step");
+    assert.equal(wholeMetrics.filter((m) => "knnTop1" in m).length, 2, "evaluations at 2 and 4");
+
+    const b = await train([...common, "--out", parts, "--stop-after", "2"]);
+    assert.equal(b.code, 130, b.stderr + b.stdout);
+    assert.match(b.stdout, /continue with: deno task train --resume/);
+    const c = await train(["--resume", parts]);
+    assert.equal(c.code, 0, c.stderr + c.stdout);
+    assert.deepEqual(deterministic(await metrics(parts)), deterministic(wholeMetrics));
+    await Deno.remove(base, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "train task: Ctrl-C writes a checkpoint of the last step and exits 130",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const r = await train([...TINY, "--steps", "500", "--out", dir], {
+      metrics: `${dir}/metrics.jsonl`,
+    });
+    assert.equal(r.code, 130, r.stderr + r.stdout);
+    const match = r.stdout.match(/SIGINT: checkpoint of step (\d+) written/);
+    assert.ok(match, r.stdout);
+    const { readCheckpoint } = await import("../models/checkpoint.ts");
+    const { state } = await readCheckpoint(`${dir}/checkpoint.safetensors`);
+    assert.equal(state.step, Number(match[1]));
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name:
+    "train task: a NaN loss stops the run with a clear message and keeps the last good checkpoint",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const r = await train([
+      ...TINY, "--steps", "30", "--checkpoint-every", "1", "--debug-nan-at", "3", "--out", dir,
+    ]);
+    assert.equal(r.code, 3, r.stderr + r.stdout);
+    assert.match(r.stderr, /training diverged at step 3: .*not finite/);
+    assert.match(r.stderr, /The last good checkpoint \(step 2\) is kept in/);
+    const { readCheckpoint } = await import("../models/checkpoint.ts");
+    const { file, state } = await readCheckpoint(`${dir}/checkpoint.safetensors`);
+    assert.equal(state.step, 2);
+    for (const [name, t] of file.tensors) {
+      if (t.dtype === "F32") {
+        assert.ok((t.data as Float32Array).every(Number.isFinite), `${name} is finite`);
+      }
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+const BAD_INPUTS: [string, string[], RegExp][] = [
+  ["an unknown flag", ["--bogus", "1"], /Unknown option '--bogus'/],
+  ["a bad number", ["--batch", "zero"], /--batch must be a positive integer/],
+  ["an unknown loss", ["--loss", "cosine"], /--loss must be one of triplet, rank-k/],
+  ["an unknown preset", ["--preset", "huge"], /unknown preset "huge"/],
+  [
+    "a missing dataset directory",
+    ["--dataset", "cifar10", "--data", "/nonexistent/cifar"],
+    /\/nonexistent\/cifar/,
+  ],
+  ["a folder dataset without --data", ["--dataset", "folder"], /needs --data DIR/],
+  [
+    "a window larger than the batch allows",
+    ["--batch", "4", "--window", "2,10"],
+    /needs 10 negatives/,
+  ],
+  [
+    "a batch over the adapter's binding limit",
+    [
+      "--preset",
+      "resnet50-imagenet",
+      "--dataset",
+      "fashion-mnist",
+      "--batch",
+      "100000",
+      "--steps",
+      "1",
+    ],
+    /largest batch that fits is \d+: use --batch \d+ --accum \d+/,
+  ],
+  ["a resume directory without a run", ["--resume", "/nonexistent/run"], /no config.json there/],
+];
+
+for (const [what, args, message] of BAD_INPUTS) {
+  Deno.test({
+    name: `train task: ${what} gives one clear message and a non-zero exit`,
+    ...TEST,
+    fn: async () => {
+      const r = await train(args);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, message);
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+    },
+  });
+}
+
+Deno.test({
+  name: "train task: resnet50-imagenet preset runs 2 steps at batch 2 on a tiny image folder",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    for (const cls of ["cat", "dog"]) {
+      await Deno.mkdir(`${dir}/data/${cls}`, { recursive: true });
+      for (let i = 0; i < 12; i++) {
+        const data = new Uint8Array(40 * 40 * 3).map((_, j) =>
+          (j * (i + 3) + (cls === "cat" ? 0 : 90)) % 256
+        );
+        await Deno.writeFile(
+          `${dir}/data/${cls}/${i}.png`,
+          encodePng({ width: 40, height: 40, data, channels: 3 }),
+        );
+      }
+    }
+    const r = await train([
+      "--preset",
+      "resnet50-imagenet",
+      "--dataset",
+      "folder",
+      "--data",
+      `${dir}/data`,
+      "--steps",
+      "2",
+      "--batch",
+      "2",
+      "--image-size",
+      "32",
+      "--no-probe",
+      "--out",
+      `${dir}/run`,
+    ]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /window \[2,10\] shrunk to \[1,1\]/);
+    const summary = JSON.parse(await Deno.readTextFile(`${dir}/run/summary.json`));
+    assert.equal(summary.steps, 2);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
