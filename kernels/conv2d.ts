@@ -42,7 +42,7 @@ export function conv2dForward(
   const tile = chooseTile(gpu, m, s.outChannels, false);
   const kernel = gpu.kernel("conv2d", {
     substitute: tile.substitute,
-    constants: { ...g.constants, PASS: PASS_FORWARD, HAS_BIAS: bias ? 1 : 0 },
+    constants: { ...g.constants, PASS: PASS_FORWARD, HAS_BIAS: bias ? 1 : 0, STAGED: tile.staged },
   });
   gpu.dispatch(kernel, {
     // The layout always has the bias binding (overrides do not remove it): bind weight instead.
@@ -86,7 +86,13 @@ export function conv2dInputGrad(
       const tile = chooseTile(gpu, m, s.inChannels, false);
       const kernel = gpu.kernel("conv2d", {
         substitute: tile.substitute,
-        constants: { ...g.constants, PASS: PASS_INPUT_GRAD, PHASE_H: phaseH, PHASE_W: phaseW },
+        constants: {
+          ...g.constants,
+          PASS: PASS_INPUT_GRAD,
+          PHASE_H: phaseH,
+          PHASE_W: phaseW,
+          STAGED: tile.staged,
+        },
       });
       gpu.dispatch(kernel, {
         storage: [bindable(dy), bindable(weight), bindable(weight), bindable(dx)],
@@ -125,6 +131,7 @@ export function conv2dWeightGrad(
     constants: {
       ...g.constants,
       PASS: PASS_WEIGHT_GRAD,
+      STAGED: tile.staged,
       SLICE_LEN: sliceLen,
       SPLIT: split ? 1 : 0,
       ACCUMULATE: accumulate ? 1 : 0,
@@ -172,7 +179,26 @@ export function conv2dBiasGrad(
   partial.release();
 }
 
+/** How the GEMM tiles get their operands; see `kernels/conv2d.wgsl`. */
+export type Conv2dStaging = "auto" | "workgroup" | "direct";
+
+let stagingMode: Conv2dStaging = "auto";
+
+/**
+ * Force how the kernels feed their register tiles (tests and benchmarks): "workgroup" stages A
+ * and B tiles in workgroup memory (the GPU path), "direct" has every invocation load its own
+ * blocks (faster on CPU adapters such as lavapipe, where workgroup memory costs as much to read
+ * as global memory), "auto" (the default) picks by adapter.
+ */
+export function setConv2dStaging(mode: Conv2dStaging): void {
+  stagingMode = mode;
+}
+
 // ---- internals ----
+
+function staged(gpu: Gpu): boolean {
+  return stagingMode === "workgroup" || (stagingMode === "auto" && !gpu.isFallback);
+}
 
 const PASS_FORWARD = 0;
 const PASS_INPUT_GRAD = 1;
@@ -191,23 +217,31 @@ function parallelSlots(gpu: Gpu): number {
 interface TileShape {
   tileM: number;
   tileN: number;
+  /** The STAGED override: 1 to stage tiles in workgroup memory, 0 for direct loads. */
+  staged: number;
   substitute: Record<string, number>;
 }
 
-function tileShape(wgX: number, wgY: number): TileShape {
-  return { tileM: 16 * wgY, tileN: 16 * wgX, substitute: { WG_X: wgX, WG_Y: wgY } };
+function tileShape(wgX: number, wgY: number, staged: boolean): TileShape {
+  return {
+    tileM: 16 * wgY,
+    tileN: 16 * wgX,
+    staged: staged ? 1 : 0,
+    substitute: { WG_X: wgX, WG_Y: wgY },
+  };
 }
 
-const DEFAULT_TILE = tileShape(4, 4);
+/** For the entry points that do not tile (bias gradient, slice reduction). */
+const DEFAULT_TILE = tileShape(4, 4, false);
 
 /**
  * Pick the workgroup's thread grid (and so TILE_M x TILE_N); each invocation owns 16 x 16 outputs.
  * WG_X covers N with little waste. WG_Y (up to 64 invocations, within workgroup memory, counts
  * that are multiples of 8 so no SIMD lane of a CPU adapter idles) minimises a simple time model:
  * waves of workgroups over the device's parallel slots, times the work of one tile, which grows
- * with padding and with staging (per multiply-add, staging costs ~0.9 (1/WG_X + 1/WG_Y) of the
- * inner loop's, measured on lavapipe). With `sliced`, K slices supply the parallelism, so only
- * the per-tile work counts.
+ * with padding and, when staged, with staging (per multiply-add, staging costs ~0.9 (1/WG_X +
+ * 1/WG_Y) of the inner loop's, measured on lavapipe). With `sliced`, K slices supply the
+ * parallelism, so only the per-tile work counts.
  */
 function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape {
   const wgX = n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
@@ -215,19 +249,20 @@ function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape 
   const maxWgY = Math.max(1, Math.min(Math.floor(64 / wgX), 16, storageRows - wgX));
   const tilesN = ceilDiv(n, 16 * wgX);
   const slots = parallelSlots(gpu);
+  const staging = staged(gpu) ? 0.9 : 0;
   let best = 1;
   let bestTime = Infinity;
   for (let wgY = maxWgY; wgY >= 1; wgY--) {
     if ((wgX * wgY) % 8 !== 0 && wgY !== 1) continue;
     const tiles = ceilDiv(m, 16 * wgY) * tilesN;
-    const tileWork = 256 * wgX * wgY * (1 + 0.9 * (1 / wgX + 1 / wgY));
+    const tileWork = 256 * wgX * wgY * (1 + staging * (1 / wgX + 1 / wgY));
     const time = (sliced ? tiles : ceilDiv(tiles, slots)) * tileWork;
     if (time < bestTime) {
       best = wgY;
       bestTime = time;
     }
   }
-  return tileShape(wgX, best);
+  return tileShape(wgX, best, staging > 0);
 }
 
 /** Split the weight gradient's pixel sum so the grid has enough workgroups; slices of >= 256. */

@@ -77,6 +77,9 @@ override OUT_H: u32 = 1u;
 override OUT_W: u32 = 1u;
 override HAS_BIAS: bool = false;
 override ACCUMULATE: bool = false;
+// Stage A and B tiles in workgroup memory (GPUs); otherwise every invocation loads its own
+// blocks straight from global memory (CPU adapters: see the header).
+override STAGED: bool = true;
 // Weight gradient: pixels per K slice (a multiple of TILE_K); SPLIT when there is more than one.
 override SLICE_LEN: u32 = 16u;
 override SPLIT: bool = false;
@@ -126,12 +129,26 @@ var<workgroup> tile_b: array<vec4<f32>, TILE_K * COL_QUADS>;
 // indexed with constants, so it lives in registers.
 var<private> acc: array<mat4x4<f32>, 16>;
 
-fn element_a(i: u32) -> f32 {
-  return in_a[i / 4u][i % 4u];
+// Loaders are branch-free: an out-of-range element reads index 0 (always valid) and is then
+// replaced by zero. On a SIMD CPU adapter a divergent `if` or early return costs mask bookkeeping
+// on every load, and on a GPU it costs divergence; a select costs neither.
+
+fn element_a(i: u32, valid: bool) -> f32 {
+  let v = in_a[select(0u, i, valid) / 4u][i % 4u];
+  return select(0.0, v, valid);
 }
 
-fn element_b(i: u32) -> f32 {
-  return in_b[i / 4u][i % 4u];
+fn element_b(i: u32, valid: bool) -> f32 {
+  let v = in_b[select(0u, i, valid) / 4u][i % 4u];
+  return select(0.0, v, valid);
+}
+
+fn quad_a(i: u32, valid: bool) -> vec4<f32> {
+  return select(vec4<f32>(0.0), in_a[select(0u, i, valid) / 4u], valid);
+}
+
+fn quad_b(i: u32, valid: bool) -> vec4<f32> {
+  return select(vec4<f32>(0.0), in_b[select(0u, i, valid) / 4u], valid);
 }
 
 // Whether 0 <= v < limit for a signed coordinate.
@@ -143,28 +160,24 @@ fn inside(v: i32, limit: u32) -> bool {
 
 // x at output pixel m, for the 4 consecutive k = (kh, kw, ci) starting at k (a multiple of 4).
 fn forward_a(m: u32, k: u32) -> vec4<f32> {
-  if (m >= GEMM_M) {
-    return vec4<f32>(0.0);
-  }
   let n = m / OUT_PIXELS;
   let p = m % OUT_PIXELS;
   let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
   let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
+  let row_valid = m < GEMM_M;
   if (IN_C % 4u == 0u) {
     // The 4 channels share one tap and are one aligned vec4.
     let tap = k / IN_C;
     let ih = ih0 + i32(tap / KERNEL);
     let iw = iw0 + i32(tap % KERNEL);
-    if (k >= GEMM_K || !inside(ih, IN_H) || !inside(iw, IN_W)) {
-      return vec4<f32>(0.0);
-    }
-    return in_a[(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + k % IN_C) / 4u];
+    let valid = row_valid && k < GEMM_K && inside(ih, IN_H) && inside(iw, IN_W);
+    return quad_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + k % IN_C, valid);
   }
   return vec4<f32>(
-    x_tap_element(n, ih0, iw0, k, k < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 1u, k + 1u < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 2u, k + 2u < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 3u, k + 3u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k, row_valid && k < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 1u, row_valid && k + 1u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 2u, row_valid && k + 2u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k + 3u, row_valid && k + 3u < GEMM_K),
   );
 }
 
@@ -174,48 +187,41 @@ fn x_tap_element(n: u32, ih0: i32, iw0: i32, kc: u32, valid: bool) -> f32 {
   let tap = kc / IN_C;
   let ih = ih0 + i32(tap / KERNEL);
   let iw = iw0 + i32(tap % KERNEL);
-  if (!valid || !inside(ih, IN_H) || !inside(iw, IN_W)) {
-    return 0.0;
-  }
-  return element_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + kc % IN_C);
+  let index = ((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + kc % IN_C;
+  return element_a(index, valid && inside(ih, IN_H) && inside(iw, IN_W));
 }
 
 // ---- Input-gradient loaders (one phase) ----
 
 // dy for phase pixel m at the 4 consecutive k = (tap_h, tap_w, co) starting at k.
 fn input_grad_a(m: u32, k: u32) -> vec4<f32> {
-  if (m >= GEMM_M) {
-    return vec4<f32>(0.0);
-  }
   let n = m / (PH_H * PH_W);
   let p = m % (PH_H * PH_W);
   let oh0 = i32(BASE_H + p / PH_W);
   let ow0 = i32(BASE_W + p % PH_W);
+  let row_valid = m < GEMM_M;
   if (OUT_C % 4u == 0u) {
     let tap = k / OUT_C;
     let oh = oh0 - i32(tap / TAPS_W);
     let ow = ow0 - i32(tap % TAPS_W);
-    if (k >= GEMM_K || !inside(oh, OUT_H) || !inside(ow, OUT_W)) {
-      return vec4<f32>(0.0);
-    }
-    return in_a[(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C) / 4u];
+    let valid = row_valid && k < GEMM_K && inside(oh, OUT_H) && inside(ow, OUT_W);
+    return quad_a(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C, valid);
   }
   return vec4<f32>(
-    input_grad_a_element(n, oh0, ow0, k),
-    input_grad_a_element(n, oh0, ow0, k + 1u),
-    input_grad_a_element(n, oh0, ow0, k + 2u),
-    input_grad_a_element(n, oh0, ow0, k + 3u),
+    dy_tap_element(n, oh0, ow0, k, row_valid && k < GEMM_K),
+    dy_tap_element(n, oh0, ow0, k + 1u, row_valid && k + 1u < GEMM_K),
+    dy_tap_element(n, oh0, ow0, k + 2u, row_valid && k + 2u < GEMM_K),
+    dy_tap_element(n, oh0, ow0, k + 3u, row_valid && k + 3u < GEMM_K),
   );
 }
 
-fn input_grad_a_element(n: u32, oh0: i32, ow0: i32, k: u32) -> f32 {
+// dy at image n for k = (tap_h, tap_w, co) of the phase, relative to (oh0, ow0).
+fn dy_tap_element(n: u32, oh0: i32, ow0: i32, k: u32, valid: bool) -> f32 {
   let tap = k / OUT_C;
   let oh = oh0 - i32(tap / TAPS_W);
   let ow = ow0 - i32(tap % TAPS_W);
-  if (k >= GEMM_K || !inside(oh, OUT_H) || !inside(ow, OUT_W)) {
-    return 0.0;
-  }
-  return element_a(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C);
+  let index = ((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C;
+  return element_a(index, valid && inside(oh, OUT_H) && inside(ow, OUT_W));
 }
 
 // Index in W of (phase tap, ci, co) for k = (tap_h, tap_w, co).
@@ -228,164 +234,230 @@ fn input_grad_weight_index(k: u32, ci: u32) -> u32 {
 
 // Wᵀ for input channel ci at the 4 consecutive k starting at k (4 output channels of one tap).
 fn input_grad_b(k: u32, ci: u32) -> vec4<f32> {
-  if (ci >= IN_C) {
-    return vec4<f32>(0.0);
-  }
+  let column_valid = ci < IN_C;
   if (OUT_C % 4u == 0u) {
-    if (k >= GEMM_K) {
-      return vec4<f32>(0.0);
-    }
-    return in_b[input_grad_weight_index(k, ci) / 4u];
+    return quad_b(input_grad_weight_index(k, ci), column_valid && k < GEMM_K);
   }
-  var v = vec4<f32>(0.0);
-  for (var j = 0u; j < 4u; j++) {
-    if (k + j < GEMM_K) {
-      v[j] = element_b(input_grad_weight_index(k + j, ci));
-    }
-  }
-  return v;
+  return vec4<f32>(
+    element_b(input_grad_weight_index(k, ci), column_valid && k < GEMM_K),
+    element_b(input_grad_weight_index(k + 1u, ci), column_valid && k + 1u < GEMM_K),
+    element_b(input_grad_weight_index(k + 2u, ci), column_valid && k + 2u < GEMM_K),
+    element_b(input_grad_weight_index(k + 3u, ci), column_valid && k + 3u < GEMM_K),
+  );
 }
 
 // ---- Weight-gradient loader (A; B is dy, read like the forward's B) ----
 
 // x for the 4 consecutive rows m = (kh, kw, ci) starting at m, at pixel k (k < k_end).
 fn weight_grad_a(m: u32, k: u32, k_end: u32) -> vec4<f32> {
-  if (k >= k_end) {
-    return vec4<f32>(0.0);
-  }
   let n = k / OUT_PIXELS;
   let p = k % OUT_PIXELS;
   let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
   let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
+  let pixel_valid = k < k_end;
   if (IN_C % 4u == 0u) {
     let tap = m / IN_C;
     let ih = ih0 + i32(tap / KERNEL);
     let iw = iw0 + i32(tap % KERNEL);
-    if (m >= GEMM_M || !inside(ih, IN_H) || !inside(iw, IN_W)) {
-      return vec4<f32>(0.0);
-    }
-    return in_a[(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + m % IN_C) / 4u];
+    let valid = pixel_valid && m < GEMM_M && inside(ih, IN_H) && inside(iw, IN_W);
+    return quad_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + m % IN_C, valid);
   }
   return vec4<f32>(
-    x_tap_element(n, ih0, iw0, m, m < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 1u, m + 1u < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 2u, m + 2u < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 3u, m + 3u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m, pixel_valid && m < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 1u, pixel_valid && m + 1u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 2u, pixel_valid && m + 2u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m + 3u, pixel_valid && m + 3u < GEMM_M),
   );
 }
 
 // Row k (< k_end) of a row-major [*, GEMM_N] matrix in in_b, columns c .. c + 3.
 fn row_major_b(k: u32, c: u32, k_end: u32) -> vec4<f32> {
-  if (k >= k_end || c >= GEMM_N) {
-    return vec4<f32>(0.0);
-  }
+  let row_valid = k < k_end;
+  let first = k * GEMM_N + c;
   if (GEMM_N % 4u == 0u) {
-    return in_b[(k * GEMM_N + c) / 4u];
+    return quad_b(first, row_valid && c < GEMM_N);
   }
-  var v = vec4<f32>(0.0);
-  for (var j = 0u; j < 4u; j++) {
-    if (c + j < GEMM_N) {
-      v[j] = element_b(k * GEMM_N + c + j);
-    }
-  }
-  return v;
+  return vec4<f32>(
+    element_b(first, row_valid && c < GEMM_N),
+    element_b(first + 1u, row_valid && c + 1u < GEMM_N),
+    element_b(first + 2u, row_valid && c + 2u < GEMM_N),
+    element_b(first + 3u, row_valid && c + 3u < GEMM_N),
+  );
 }
 
-// ---- Staging ----
+// ---- 4 x 4 blocks of A and B, whatever the pass ----
 
-// Fill tile_a and tile_b for k0 .. k0 + TILE_K (values at k >= k_end are zero). Work is split in
-// 4 x 4 blocks; each block is 4 vec4 loads and 4 vec4 stores.
-fn stage(m0: u32, n0: u32, k0: u32, k_end: u32, lid: u32) {
-  for (var e = lid; e < ROW_QUADS * K_QUADS; e += THREADS) {
-    let q = e % ROW_QUADS;
-    let kq = e / ROW_QUADS;
-    let m = m0 + 4u * q;
-    let k = k0 + 4u * kq;
-    let dst = 4u * kq * ROW_QUADS + q;
-    if (PASS == PASS_WEIGHT_GRAD) {
-      // Global memory already runs along m (channels): one vec4 per k.
-      tile_a[dst] = weight_grad_a(m, k, k_end);
-      tile_a[dst + ROW_QUADS] = weight_grad_a(m, k + 1u, k_end);
-      tile_a[dst + 2u * ROW_QUADS] = weight_grad_a(m, k + 2u, k_end);
-      tile_a[dst + 3u * ROW_QUADS] = weight_grad_a(m, k + 3u, k_end);
-    } else {
-      // Global memory runs along k: load 4 rows, store transposed.
-      var rows: mat4x4<f32>;
-      if (PASS == PASS_FORWARD) {
-        rows = mat4x4<f32>(forward_a(m, k), forward_a(m + 1u, k), forward_a(m + 2u, k), forward_a(m + 3u, k));
-      } else {
-        rows = mat4x4<f32>(
-          input_grad_a(m, k),
-          input_grad_a(m + 1u, k),
-          input_grad_a(m + 2u, k),
-          input_grad_a(m + 3u, k),
-        );
-      }
-      let cols = transpose(rows);
-      tile_a[dst] = cols[0];
-      tile_a[dst + ROW_QUADS] = cols[1];
-      tile_a[dst + 2u * ROW_QUADS] = cols[2];
-      tile_a[dst + 3u * ROW_QUADS] = cols[3];
-    }
+// A[m .. m + 3, k .. k + 3] as a matrix whose column j is row m + j over the 4 k (m, k multiples
+// of 4). Where global memory runs along m (weight grad) the loads come per k and are transposed;
+// transposes are free (register renaming).
+fn load_a_block(m: u32, k: u32, k_end: u32) -> mat4x4<f32> {
+  if (PASS == PASS_FORWARD) {
+    return mat4x4<f32>(forward_a(m, k), forward_a(m + 1u, k), forward_a(m + 2u, k), forward_a(m + 3u, k));
   }
-  for (var e = lid; e < COL_QUADS * K_QUADS; e += THREADS) {
-    let q = e % COL_QUADS;
-    let kq = e / COL_QUADS;
-    let c = n0 + 4u * q;
-    let k = k0 + 4u * kq;
-    let dst = 4u * kq * COL_QUADS + q;
-    if (PASS == PASS_INPUT_GRAD) {
-      // Wᵀ runs along k (output channels): load 4 columns, store transposed.
-      let cols = mat4x4<f32>(
-        input_grad_b(k, c),
-        input_grad_b(k, c + 1u),
-        input_grad_b(k, c + 2u),
-        input_grad_b(k, c + 3u),
-      );
-      let rows = transpose(cols);
-      tile_b[dst] = rows[0];
-      tile_b[dst + COL_QUADS] = rows[1];
-      tile_b[dst + 2u * COL_QUADS] = rows[2];
-      tile_b[dst + 3u * COL_QUADS] = rows[3];
-    } else {
-      // Forward: W is row-major [K, OUT_C]; weight grad: dy is row-major [pixels, OUT_C].
-      tile_b[dst] = row_major_b(k, c, k_end);
-      tile_b[dst + COL_QUADS] = row_major_b(k + 1u, c, k_end);
-      tile_b[dst + 2u * COL_QUADS] = row_major_b(k + 2u, c, k_end);
-      tile_b[dst + 3u * COL_QUADS] = row_major_b(k + 3u, c, k_end);
-    }
+  if (PASS == PASS_INPUT_GRAD) {
+    return mat4x4<f32>(
+      input_grad_a(m, k),
+      input_grad_a(m + 1u, k),
+      input_grad_a(m + 2u, k),
+      input_grad_a(m + 3u, k),
+    );
   }
+  return transpose(mat4x4<f32>(
+    weight_grad_a(m, k, k_end),
+    weight_grad_a(m, k + 1u, k_end),
+    weight_grad_a(m, k + 2u, k_end),
+    weight_grad_a(m, k + 3u, k_end),
+  ));
+}
+
+// B[k .. k + 3, c .. c + 3] as a matrix whose column j is row k + j over the 4 columns.
+fn load_b_block(k: u32, c: u32, k_end: u32) -> mat4x4<f32> {
+  if (PASS == PASS_INPUT_GRAD) {
+    // Wᵀ runs along k (output channels): load per column, transpose.
+    return transpose(mat4x4<f32>(
+      input_grad_b(k, c),
+      input_grad_b(k, c + 1u),
+      input_grad_b(k, c + 2u),
+      input_grad_b(k, c + 3u),
+    ));
+  }
+  // Forward: W is row-major [K, OUT_C]; weight grad: dy is row-major [pixels, OUT_C].
+  return mat4x4<f32>(
+    row_major_b(k, c, k_end),
+    row_major_b(k + 1u, c, k_end),
+    row_major_b(k + 2u, c, k_end),
+    row_major_b(k + 3u, c, k_end),
+  );
 }
 
 // ---- Register-blocked multiply ----
 
-// acc += A[rows, k0 .. k0 + TILE_K] · B[k0 .. k0 + TILE_K, cols] for the invocation's 16 x 16.
-fn multiply_tile(tx: u32, ty: u32) {
-  for (var kk = 0u; kk < TILE_K; kk++) {
-    let a_at = kk * ROW_QUADS + 4u * ty;
-    let a0 = tile_a[a_at];
-    let a1 = tile_a[a_at + 1u];
-    let a2 = tile_a[a_at + 2u];
-    let a3 = tile_a[a_at + 3u];
-    let b_at = kk * COL_QUADS + 4u * tx;
-    let b = mat4x4<f32>(tile_b[b_at], tile_b[b_at + 1u], tile_b[b_at + 2u], tile_b[b_at + 3u]);
-    acc[0] += b * a0.x;
-    acc[1] += b * a0.y;
-    acc[2] += b * a0.z;
-    acc[3] += b * a0.w;
-    acc[4] += b * a1.x;
-    acc[5] += b * a1.y;
-    acc[6] += b * a1.z;
-    acc[7] += b * a1.w;
-    acc[8] += b * a2.x;
-    acc[9] += b * a2.y;
-    acc[10] += b * a2.z;
-    acc[11] += b * a2.w;
-    acc[12] += b * a3.x;
-    acc[13] += b * a3.y;
-    acc[14] += b * a3.z;
-    acc[15] += b * a3.w;
+// B at 4 consecutive k for the invocation's 16 columns: k0 .. k3 hold one row each (4 quads).
+struct BRows {
+  k0: mat4x4<f32>,
+  k1: mat4x4<f32>,
+  k2: mat4x4<f32>,
+  k3: mat4x4<f32>,
+}
+
+// Four column quads (each: column j = row k + j) regrouped as the 4 rows.
+fn b_rows(q0: mat4x4<f32>, q1: mat4x4<f32>, q2: mat4x4<f32>, q3: mat4x4<f32>) -> BRows {
+  return BRows(
+    mat4x4<f32>(q0[0], q1[0], q2[0], q3[0]),
+    mat4x4<f32>(q0[1], q1[1], q2[1], q3[1]),
+    mat4x4<f32>(q0[2], q1[2], q2[2], q3[2]),
+    mat4x4<f32>(q0[3], q1[3], q2[3], q3[3]),
+  );
+}
+
+// acc rows 4u .. 4u + 3 += (A rows of the block `a`, column j = row 4u + j over 4 k) · b.
+// Written out per u so `acc` is only indexed by constants and stays in registers.
+fn update_rows(u: u32, a: mat4x4<f32>, b: BRows) {
+  switch u {
+    case 0u: {
+      acc[0] += b.k0 * a[0].x + b.k1 * a[0].y + b.k2 * a[0].z + b.k3 * a[0].w;
+      acc[1] += b.k0 * a[1].x + b.k1 * a[1].y + b.k2 * a[1].z + b.k3 * a[1].w;
+      acc[2] += b.k0 * a[2].x + b.k1 * a[2].y + b.k2 * a[2].z + b.k3 * a[2].w;
+      acc[3] += b.k0 * a[3].x + b.k1 * a[3].y + b.k2 * a[3].z + b.k3 * a[3].w;
+    }
+    case 1u: {
+      acc[4] += b.k0 * a[0].x + b.k1 * a[0].y + b.k2 * a[0].z + b.k3 * a[0].w;
+      acc[5] += b.k0 * a[1].x + b.k1 * a[1].y + b.k2 * a[1].z + b.k3 * a[1].w;
+      acc[6] += b.k0 * a[2].x + b.k1 * a[2].y + b.k2 * a[2].z + b.k3 * a[2].w;
+      acc[7] += b.k0 * a[3].x + b.k1 * a[3].y + b.k2 * a[3].z + b.k3 * a[3].w;
+    }
+    case 2u: {
+      acc[8] += b.k0 * a[0].x + b.k1 * a[0].y + b.k2 * a[0].z + b.k3 * a[0].w;
+      acc[9] += b.k0 * a[1].x + b.k1 * a[1].y + b.k2 * a[1].z + b.k3 * a[1].w;
+      acc[10] += b.k0 * a[2].x + b.k1 * a[2].y + b.k2 * a[2].z + b.k3 * a[2].w;
+      acc[11] += b.k0 * a[3].x + b.k1 * a[3].y + b.k2 * a[3].z + b.k3 * a[3].w;
+    }
+    default: {
+      acc[12] += b.k0 * a[0].x + b.k1 * a[0].y + b.k2 * a[0].z + b.k3 * a[0].w;
+      acc[13] += b.k0 * a[1].x + b.k1 * a[1].y + b.k2 * a[1].z + b.k3 * a[1].w;
+      acc[14] += b.k0 * a[2].x + b.k1 * a[2].y + b.k2 * a[2].z + b.k3 * a[2].w;
+      acc[15] += b.k0 * a[3].x + b.k1 * a[3].y + b.k2 * a[3].z + b.k3 * a[3].w;
+    }
   }
+}
+
+// ---- Source 1 (STAGED, for GPUs): tiles in workgroup memory ----
+
+// Fill tile_a and tile_b for k0 .. k0 + TILE_K (values at k >= k_end are zero), one 4 x 4 block
+// (4 vec4 loads, 4 vec4 stores) at a time.
+fn stage(m0: u32, n0: u32, k0: u32, k_end: u32, lid: u32) {
+  for (var e = lid; e < ROW_QUADS * K_QUADS; e += THREADS) {
+    let q = e % ROW_QUADS;
+    let kq = e / ROW_QUADS;
+    // Column j of the transpose is A at k0 + 4 kq + j over the 4 rows.
+    let block = transpose(load_a_block(m0 + 4u * q, k0 + 4u * kq, k_end));
+    let dst = 4u * kq * ROW_QUADS + q;
+    tile_a[dst] = block[0];
+    tile_a[dst + ROW_QUADS] = block[1];
+    tile_a[dst + 2u * ROW_QUADS] = block[2];
+    tile_a[dst + 3u * ROW_QUADS] = block[3];
+  }
+  for (var e = lid; e < COL_QUADS * K_QUADS; e += THREADS) {
+    let q = e % COL_QUADS;
+    let kq = e / COL_QUADS;
+    let block = load_b_block(k0 + 4u * kq, n0 + 4u * q, k_end);
+    let dst = 4u * kq * COL_QUADS + q;
+    tile_b[dst] = block[0];
+    tile_b[dst + COL_QUADS] = block[1];
+    tile_b[dst + 2u * COL_QUADS] = block[2];
+    tile_b[dst + 3u * COL_QUADS] = block[3];
+  }
+}
+
+// acc += the staged tiles' product for the invocation's 16 x 16 block, 4 k at a time: 4 vec4 of
+// A and 4 of B per k for 256 multiply-adds.
+fn multiply_staged(tx: u32, ty: u32) {
+  for (var kq = 0u; kq < K_QUADS; kq++) {
+    let b_at = 4u * kq * COL_QUADS + 4u * tx;
+    let b = BRows(
+      tile_b_row(b_at),
+      tile_b_row(b_at + COL_QUADS),
+      tile_b_row(b_at + 2u * COL_QUADS),
+      tile_b_row(b_at + 3u * COL_QUADS),
+    );
+    let a_at = 4u * kq * ROW_QUADS + 4u * ty;
+    update_rows(0u, tile_a_block(a_at), b);
+    update_rows(1u, tile_a_block(a_at + 1u), b);
+    update_rows(2u, tile_a_block(a_at + 2u), b);
+    update_rows(3u, tile_a_block(a_at + 3u), b);
+  }
+}
+
+// 16 columns of one staged B row.
+fn tile_b_row(at: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(tile_b[at], tile_b[at + 1u], tile_b[at + 2u], tile_b[at + 3u]);
+}
+
+// One quad of rows over 4 staged k, as load_a_block returns it (column j = row j over the k).
+fn tile_a_block(at: u32) -> mat4x4<f32> {
+  return transpose(mat4x4<f32>(
+    tile_a[at],
+    tile_a[at + ROW_QUADS],
+    tile_a[at + 2u * ROW_QUADS],
+    tile_a[at + 3u * ROW_QUADS],
+  ));
+}
+
+// ---- Source 2 (direct, for CPU adapters): each invocation loads its own blocks ----
+
+// acc += A[row0 .. row0 + 15, k .. k + 3] · B[k .. k + 3, col0 .. col0 + 15], loaded straight from
+// global memory: the same 16 + 16 vec4 loads as the staged path, without staging them first.
+fn multiply_direct(row0: u32, col0: u32, k: u32, k_end: u32) {
+  let b = b_rows(
+    load_b_block(k, col0, k_end),
+    load_b_block(k, col0 + 4u, k_end),
+    load_b_block(k, col0 + 8u, k_end),
+    load_b_block(k, col0 + 12u, k_end),
+  );
+  update_rows(0u, load_a_block(row0, k, k_end), b);
+  update_rows(1u, load_a_block(row0 + 4u, k, k_end), b);
+  update_rows(2u, load_a_block(row0 + 8u, k, k_end), b);
+  update_rows(3u, load_a_block(row0 + 12u, k, k_end), b);
 }
 
 // ---- Epilogue ----
@@ -477,14 +549,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let tx = lid % WG_X;
   let ty = lid / WG_X;
-  for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-    workgroupBarrier();
-    stage(m0, n0, k0, k_end, lid);
-    workgroupBarrier();
-    multiply_tile(tx, ty);
-  }
   let row0 = m0 + 16u * ty;
   let col0 = n0 + 16u * tx;
+  if (STAGED) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+      workgroupBarrier();
+      stage(m0, n0, k0, k_end, lid);
+      workgroupBarrier();
+      multiply_staged(tx, ty);
+    }
+  } else {
+    for (var k = k_begin; k < k_end; k += 4u) {
+      multiply_direct(row0, col0, k, k_end);
+    }
+  }
   // A loop with one copy of the store code compiles far faster than 16 inlined copies.
   for (var r = 0u; r < 16u; r++) {
     write_row(row0 + r, col0, slice, acc_row(r));
@@ -533,7 +611,7 @@ fn bias_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else {
       for (var j = 0u; j < 4u; j++) {
         if (c + j < OUT_C) {
-          sum[j] += element_a(m * OUT_C + c + j);
+          sum[j] += element_a(m * OUT_C + c + j, true);
         }
       }
     }
@@ -563,7 +641,7 @@ fn reduce_slices(
   for (var s = 0u; s < SLICES; s++) {
     for (var j = 0u; j < 4u; j++) {
       if (i + j < REDUCE_LEN) {
-        sum[j] += element_a(s * REDUCE_LEN + i + j);
+        sum[j] += element_a(s * REDUCE_LEN + i + j, true);
       }
     }
   }
