@@ -153,7 +153,7 @@ fn quad_b(i: u32, valid: bool) -> vec4<f32> {
 
 // Whether 0 <= v < limit for a signed coordinate.
 fn inside(v: i32, limit: u32) -> bool {
-  return v >= 0 && v < i32(limit);
+  return (v >= 0) & (v < i32(limit));
 }
 
 // ---- Forward loaders ----
@@ -170,14 +170,14 @@ fn forward_a(m: u32, k: u32) -> vec4<f32> {
     let tap = k / IN_C;
     let ih = ih0 + i32(tap / KERNEL);
     let iw = iw0 + i32(tap % KERNEL);
-    let valid = row_valid && k < GEMM_K && inside(ih, IN_H) && inside(iw, IN_W);
+    let valid = row_valid & (k < GEMM_K) & inside(ih, IN_H) & inside(iw, IN_W);
     return quad_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + k % IN_C, valid);
   }
   return vec4<f32>(
-    x_tap_element(n, ih0, iw0, k, row_valid && k < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 1u, row_valid && k + 1u < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 2u, row_valid && k + 2u < GEMM_K),
-    x_tap_element(n, ih0, iw0, k + 3u, row_valid && k + 3u < GEMM_K),
+    x_tap_element(n, ih0, iw0, k, row_valid & (k < GEMM_K)),
+    x_tap_element(n, ih0, iw0, k + 1u, row_valid & (k + 1u < GEMM_K)),
+    x_tap_element(n, ih0, iw0, k + 2u, row_valid & (k + 2u < GEMM_K)),
+    x_tap_element(n, ih0, iw0, k + 3u, row_valid & (k + 3u < GEMM_K)),
   );
 }
 
@@ -188,7 +188,7 @@ fn x_tap_element(n: u32, ih0: i32, iw0: i32, kc: u32, valid: bool) -> f32 {
   let ih = ih0 + i32(tap / KERNEL);
   let iw = iw0 + i32(tap % KERNEL);
   let index = ((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + kc % IN_C;
-  return element_a(index, valid && inside(ih, IN_H) && inside(iw, IN_W));
+  return element_a(index, valid & inside(ih, IN_H) & inside(iw, IN_W));
 }
 
 // ---- Input-gradient loaders (one phase) ----
@@ -204,14 +204,14 @@ fn input_grad_a(m: u32, k: u32) -> vec4<f32> {
     let tap = k / OUT_C;
     let oh = oh0 - i32(tap / TAPS_W);
     let ow = ow0 - i32(tap % TAPS_W);
-    let valid = row_valid && k < GEMM_K && inside(oh, OUT_H) && inside(ow, OUT_W);
+    let valid = row_valid & (k < GEMM_K) & inside(oh, OUT_H) & inside(ow, OUT_W);
     return quad_a(((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C, valid);
   }
   return vec4<f32>(
-    dy_tap_element(n, oh0, ow0, k, row_valid && k < GEMM_K),
-    dy_tap_element(n, oh0, ow0, k + 1u, row_valid && k + 1u < GEMM_K),
-    dy_tap_element(n, oh0, ow0, k + 2u, row_valid && k + 2u < GEMM_K),
-    dy_tap_element(n, oh0, ow0, k + 3u, row_valid && k + 3u < GEMM_K),
+    dy_tap_element(n, oh0, ow0, k, row_valid & (k < GEMM_K)),
+    dy_tap_element(n, oh0, ow0, k + 1u, row_valid & (k + 1u < GEMM_K)),
+    dy_tap_element(n, oh0, ow0, k + 2u, row_valid & (k + 2u < GEMM_K)),
+    dy_tap_element(n, oh0, ow0, k + 3u, row_valid & (k + 3u < GEMM_K)),
   );
 }
 
@@ -221,7 +221,7 @@ fn dy_tap_element(n: u32, oh0: i32, ow0: i32, k: u32, valid: bool) -> f32 {
   let oh = oh0 - i32(tap / TAPS_W);
   let ow = ow0 - i32(tap % TAPS_W);
   let index = ((n * OUT_H + u32(oh)) * OUT_W + u32(ow)) * OUT_C + k % OUT_C;
-  return element_a(index, valid && inside(oh, OUT_H) && inside(ow, OUT_W));
+  return element_a(index, valid & inside(oh, OUT_H) & inside(ow, OUT_W));
 }
 
 // Index in W of (phase tap, ci, co) for k = (tap_h, tap_w, co).
@@ -236,13 +236,13 @@ fn input_grad_weight_index(k: u32, ci: u32) -> u32 {
 fn input_grad_b(k: u32, ci: u32) -> vec4<f32> {
   let column_valid = ci < IN_C;
   if (OUT_C % 4u == 0u) {
-    return quad_b(input_grad_weight_index(k, ci), column_valid && k < GEMM_K);
+    return quad_b(input_grad_weight_index(k, ci), column_valid & (k < GEMM_K));
   }
   return vec4<f32>(
-    element_b(input_grad_weight_index(k, ci), column_valid && k < GEMM_K),
-    element_b(input_grad_weight_index(k + 1u, ci), column_valid && k + 1u < GEMM_K),
-    element_b(input_grad_weight_index(k + 2u, ci), column_valid && k + 2u < GEMM_K),
-    element_b(input_grad_weight_index(k + 3u, ci), column_valid && k + 3u < GEMM_K),
+    element_b(input_grad_weight_index(k, ci), column_valid & (k < GEMM_K)),
+    element_b(input_grad_weight_index(k + 1u, ci), column_valid & (k + 1u < GEMM_K)),
+    element_b(input_grad_weight_index(k + 2u, ci), column_valid & (k + 2u < GEMM_K)),
+    element_b(input_grad_weight_index(k + 3u, ci), column_valid & (k + 3u < GEMM_K)),
   );
 }
 
@@ -259,14 +259,14 @@ fn weight_grad_a(m: u32, k: u32, k_end: u32) -> vec4<f32> {
     let tap = m / IN_C;
     let ih = ih0 + i32(tap / KERNEL);
     let iw = iw0 + i32(tap % KERNEL);
-    let valid = pixel_valid && m < GEMM_M && inside(ih, IN_H) && inside(iw, IN_W);
+    let valid = pixel_valid & (m < GEMM_M) & inside(ih, IN_H) & inside(iw, IN_W);
     return quad_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + m % IN_C, valid);
   }
   return vec4<f32>(
-    x_tap_element(n, ih0, iw0, m, pixel_valid && m < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 1u, pixel_valid && m + 1u < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 2u, pixel_valid && m + 2u < GEMM_M),
-    x_tap_element(n, ih0, iw0, m + 3u, pixel_valid && m + 3u < GEMM_M),
+    x_tap_element(n, ih0, iw0, m, pixel_valid & (m < GEMM_M)),
+    x_tap_element(n, ih0, iw0, m + 1u, pixel_valid & (m + 1u < GEMM_M)),
+    x_tap_element(n, ih0, iw0, m + 2u, pixel_valid & (m + 2u < GEMM_M)),
+    x_tap_element(n, ih0, iw0, m + 3u, pixel_valid & (m + 3u < GEMM_M)),
   );
 }
 
@@ -275,13 +275,13 @@ fn row_major_b(k: u32, c: u32, k_end: u32) -> vec4<f32> {
   let row_valid = k < k_end;
   let first = k * GEMM_N + c;
   if (GEMM_N % 4u == 0u) {
-    return quad_b(first, row_valid && c < GEMM_N);
+    return quad_b(first, row_valid & (c < GEMM_N));
   }
   return vec4<f32>(
-    element_b(first, row_valid && c < GEMM_N),
-    element_b(first + 1u, row_valid && c + 1u < GEMM_N),
-    element_b(first + 2u, row_valid && c + 2u < GEMM_N),
-    element_b(first + 3u, row_valid && c + 3u < GEMM_N),
+    element_b(first, row_valid & (c < GEMM_N)),
+    element_b(first + 1u, row_valid & (c + 1u < GEMM_N)),
+    element_b(first + 2u, row_valid & (c + 2u < GEMM_N)),
+    element_b(first + 3u, row_valid & (c + 3u < GEMM_N)),
   );
 }
 

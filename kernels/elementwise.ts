@@ -1,5 +1,5 @@
 /** Elementwise ops (fill, copy, add, scale, axpy, axpby, ReLU forward/backward). */
-import { grid1d, type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
 
 const ELEMENTS_PER_WORKGROUP = 256 * 4;
 
@@ -30,7 +30,10 @@ function run(
   gpu.dispatch(gpu.kernel("elementwise", { entryPoint }), {
     uniforms: packUniforms([["u32", n], ["f32", alpha], ["f32", beta], ["u32", 0]]),
     storage: [a, b, out],
-    workgroups: grid1d(Math.ceil(n / ELEMENTS_PER_WORKGROUP), gpu.limits.maxComputeWorkgroupsPerDimension),
+    workgroups: grid1d(
+      Math.ceil(n / ELEMENTS_PER_WORKGROUP),
+      gpu.limits.maxComputeWorkgroupsPerDimension,
+    ),
   });
 }
 

@@ -1,5 +1,5 @@
 /** Weighted kNN class scores from a similarity matrix (the SSL kNN monitor). */
-import { grid1d, type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
 
 /** Largest k and class count the kernel's workgroup arrays hold. */
 export const KNN_MAX_K = 1024;
@@ -18,9 +18,13 @@ export function knnScores(
 ): void {
   const [queries, bank] = sim.shape;
   const { k, classes, temperature } = options;
-  if (sim.shape.length !== 2) throw new Error(`knnScores: sim must be [queries, bank], got [${sim.shape}]`);
+  if (sim.shape.length !== 2) {
+    throw new Error(`knnScores: sim must be [queries, bank], got [${sim.shape}]`);
+  }
   if (bankLabels.dtype !== "u32" || bankLabels.size !== bank) {
-    throw new Error(`knnScores: need ${bank} u32 bank labels, got [${bankLabels.shape}] ${bankLabels.dtype}`);
+    throw new Error(
+      `knnScores: need ${bank} u32 bank labels, got [${bankLabels.shape}] ${bankLabels.dtype}`,
+    );
   }
   if (scores.size !== queries * classes) {
     throw new Error(`knnScores: scores must be [${queries}, ${classes}], got [${scores.shape}]`);

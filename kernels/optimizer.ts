@@ -1,5 +1,5 @@
 /** In-place optimizer updates: LARS (METHOD.md) and SGD with momentum (linear probe). */
-import { grid1d, type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
 import { reduceAll } from "./reduce.ts";
 
 /** LARS hyper-parameters of one update. */

@@ -1,5 +1,5 @@
 /** Softmax cross-entropy loss and its gradient (linear probe training). */
-import { grid1d, type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
 
 /**
  * Per-row loss[r] = -log softmax(logits[r])[label[r]]; dlogits = (softmax - onehot) * gradScale.
@@ -19,7 +19,9 @@ export function softmaxCrossEntropy(
     throw new Error(`softmaxCrossEntropy: need ${rows} u32 labels, got [${labels.shape}]`);
   }
   if (loss.size !== rows || dlogits.size !== logits.size) {
-    throw new Error(`softmaxCrossEntropy: loss [${loss.shape}] / dlogits [${dlogits.shape}] mismatch`);
+    throw new Error(
+      `softmaxCrossEntropy: loss [${loss.shape}] / dlogits [${dlogits.shape}] mismatch`,
+    );
   }
   gpu.dispatch(gpu.kernel("softmax_xent"), {
     uniforms: packUniforms([["u32", rows], ["u32", classes], ["f32", gradScale]]),

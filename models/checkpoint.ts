@@ -8,13 +8,21 @@
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
 import type { BatchCounter, Parameter, StateTensor } from "./layers.ts";
 import type { Branch, SslModel } from "./ssl.ts";
-import { type HostTensor, loadSafetensors, saveSafetensors, type SafetensorsFile } from "./safetensors.ts";
+import {
+  type HostTensor,
+  loadSafetensors,
+  type SafetensorsFile,
+  saveSafetensors,
+} from "./safetensors.ts";
 
 /** Format marker written into every checkpoint. */
 export const CHECKPOINT_FORMAT = "tritrain-1";
 
 /** HWIO [kh, kw, in, out] -> OIHW [out, in, kh, kw]. */
-export function hwioToOihw(data: Float32Array, shape: number[]): { data: Float32Array; shape: number[] } {
+export function hwioToOihw(
+  data: Float32Array,
+  shape: number[],
+): { data: Float32Array; shape: number[] } {
   const [kh, kw, ci, co] = shape;
   const out = new Float32Array(data.length);
   for (let y = 0; y < kh; y++) {
@@ -30,7 +38,10 @@ export function hwioToOihw(data: Float32Array, shape: number[]): { data: Float32
 }
 
 /** OIHW [out, in, kh, kw] -> HWIO [kh, kw, in, out]. */
-export function oihwToHwio(data: Float32Array, shape: number[]): { data: Float32Array; shape: number[] } {
+export function oihwToHwio(
+  data: Float32Array,
+  shape: number[],
+): { data: Float32Array; shape: number[] } {
   const [co, ci, kh, kw] = shape;
   const out = new Float32Array(data.length);
   for (let o = 0; o < co; o++) {
@@ -83,7 +94,9 @@ async function toHost(gpu: Gpu, entries: Entry[]): Promise<[string, HostTensor][
     const values = data[i] as Float32Array;
     const bad = values.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) {
-      throw new NonFiniteError(`${e.name}[${bad}] is ${values[bad]}; the checkpoint was not written`);
+      throw new NonFiniteError(
+        `${e.name}[${bad}] is ${values[bad]}; the checkpoint was not written`,
+      );
     }
     const converted = e.layout === "hwio"
       ? hwioToOihw(values, e.tensor.shape)

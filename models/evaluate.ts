@@ -64,8 +64,10 @@ export async function extractFeatures(
   const labels = new Int32Array(count);
   try {
     for (let start = 0; start < count; start += batchSize) {
-      const chunk = Array.from({ length: Math.min(batchSize, count - start) }, (_, i) =>
-        indices[start + i]);
+      const chunk = Array.from(
+        { length: Math.min(batchSize, count - start) },
+        (_, i) => indices[start + i],
+      );
       const { pixels, labels: chunkLabels } = await source.batch(chunk);
       const images = gpu.upload(
         normalisePixels(pixels, source.channels, source.mean, source.std),
@@ -119,7 +121,11 @@ export async function knnAccuracy(
     const sim = gpu.empty([rows, bankCount]);
     const scores = gpu.empty([rows, classes]);
     matmul(gpu, q, bankTensor, sim, { transposeB: true });
-    knnScores(gpu, sim, bankLabels, scores, { k: options.k, classes, temperature: options.temperature });
+    knnScores(gpu, sim, bankLabels, scores, {
+      k: options.k,
+      classes,
+      temperature: options.temperature,
+    });
     const [values] = await gpu.read([scores]);
     for (let r = 0; r < rows; r++) {
       if (argmax(values, r * classes, classes) === test.labels[start + r]) correct++;
@@ -200,7 +206,10 @@ export async function linearProbe(
   const testCount = test.labels.length;
   for (let start = 0; start < testCount; start += 1024) {
     const rows = Math.min(1024, testCount - start);
-    const input = gpu.upload(test.features.subarray(start * dim, (start + rows) * dim), [rows, dim]);
+    const input = gpu.upload(test.features.subarray(start * dim, (start + rows) * dim), [
+      rows,
+      dim,
+    ]);
     const logits = fc.forward(input);
     const [values] = await gpu.read([logits]);
     for (let r = 0; r < rows; r++) {

@@ -5,7 +5,14 @@
  */
 import type { Tensor } from "../runtime/gpu.ts";
 import type { Rng } from "../runtime/random.ts";
-import { BatchNorm, type Context, Linear, type Module, type Parameter, type StateTensor } from "./layers.ts";
+import {
+  BatchNorm,
+  type Context,
+  Linear,
+  type Module,
+  type Parameter,
+  type StateTensor,
+} from "./layers.ts";
 
 /** Sizes of one MLP head. */
 export interface MlpConfig {

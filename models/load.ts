@@ -13,7 +13,9 @@ export async function loadBackbone(
 ): Promise<{ backbone: ResNet; config: ResNetConfig; state: Record<string, unknown> }> {
   const { file, config, state } = await readCheckpoint(path);
   const model = config as SslModelConfig;
-  if (!model?.backbone?.arch) throw new Error(`${path}: checkpoint metadata has no backbone config`);
+  if (!model?.backbone?.arch) {
+    throw new Error(`${path}: checkpoint metadata has no backbone config`);
+  }
   const ctx = new Context(gpu);
   ctx.mode = "eval";
   const backbone = new ResNet(ctx, model.backbone, new Rng(0));

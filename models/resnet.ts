@@ -7,8 +7,8 @@ import type { Rng } from "../runtime/random.ts";
 import { add } from "../kernels/elementwise.ts";
 import { addRelu, addReluBackward } from "../kernels/residual.ts";
 import {
-  BatchNorm,
   type BatchCounter,
+  BatchNorm,
   Context,
   Conv2d,
   GlobalAvgPool,

@@ -32,7 +32,9 @@ export function encodeSafetensors(file: SafetensorsFile): Uint8Array {
     const bytes = t.data.byteLength;
     const expected = t.shape.reduce((a, b) => a * b, 1) * BYTES[t.dtype];
     if (bytes !== expected) {
-      throw new Error(`safetensors: ${name} has ${bytes} bytes, shape [${t.shape}] needs ${expected}`);
+      throw new Error(
+        `safetensors: ${name} has ${bytes} bytes, shape [${t.shape}] needs ${expected}`,
+      );
     }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
@@ -81,7 +83,9 @@ export function decodeSafetensors(bytes: Uint8Array, source = "checkpoint"): Saf
     const [begin, end] = entry.data_offsets;
     const count = entry.shape.reduce((a, b) => a * b, 1);
     if (end - begin !== count * BYTES[dtype] || dataStart + end > bytes.length) {
-      fail(`${name}: byte range [${begin}, ${end}) does not match shape [${entry.shape}] or the file is truncated`);
+      fail(
+        `${name}: byte range [${begin}, ${end}) does not match shape [${entry.shape}] or the file is truncated`,
+      );
     }
     const copy = bytes.slice(dataStart + begin, dataStart + end).buffer;
     const data = dtype === "F32"

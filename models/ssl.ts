@@ -9,7 +9,14 @@ import { scale } from "../kernels/elementwise.ts";
 import { larsStep } from "../kernels/optimizer.ts";
 import { emaUpdate, momentumAt } from "../kernels/ema.ts";
 import { type LossConfig, SslLoss } from "../kernels/ssl_loss.ts";
-import { type BatchCounter, Context, type Module, type Parameter, type StateTensor, zeroGrads } from "./layers.ts";
+import {
+  type BatchCounter,
+  Context,
+  type Module,
+  type Parameter,
+  type StateTensor,
+  zeroGrads,
+} from "./layers.ts";
 import { ResNet, type ResNetConfig } from "./resnet.ts";
 import { Mlp } from "./heads.ts";
 

@@ -177,7 +177,10 @@ export class Gpu {
     this.limits = device.limits;
     this.hasTimestamps = device.features.has("timestamp-query");
     this.pool = new BufferPool(device);
-    this.uniformStride = Math.max(UNIFORM_SLOT_BYTES, device.limits.minUniformBufferOffsetAlignment);
+    this.uniformStride = Math.max(
+      UNIFORM_SLOT_BYTES,
+      device.limits.minUniformBufferOffsetAlignment,
+    );
     this.uniformRing = device.createBuffer({
       label: "uniform-ring",
       size: this.uniformStride * UNIFORM_SLOTS,
@@ -601,7 +604,7 @@ export function specialise(source: string, values: Record<string, string | numbe
 }
 
 /** Pack uniforms: each entry is [type, value]; all scalars take 4 bytes, in order. */
-export function packUniforms(fields: ([ "u32" | "i32" | "f32", number ])[]): ArrayBuffer {
+export function packUniforms(fields: (["u32" | "i32" | "f32", number])[]): ArrayBuffer {
   const buffer = new ArrayBuffer(Math.max(16, Math.ceil(fields.length / 4) * 16));
   const view = new DataView(buffer);
   fields.forEach(([type, value], i) => {

@@ -37,7 +37,9 @@ async function main(): Promise<void> {
   }
   const unknown = positionals.filter((p) => !(PARTS as readonly string[]).includes(p));
   if (unknown.length > 0) {
-    throw new Error(`unknown benchmark part ${unknown.join(", ")}: choose from ${PARTS.join(", ")}`);
+    throw new Error(
+      `unknown benchmark part ${unknown.join(", ")}: choose from ${PARTS.join(", ")}`,
+    );
   }
   const parts = positionals.length > 0 ? positionals : [...PARTS];
   const gpu = await acquireGpu({ log: !values.json });

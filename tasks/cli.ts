@@ -58,7 +58,9 @@ export function oneOf<T extends string>(
 ): T | undefined {
   if (value === undefined) return undefined;
   if (!(allowed as readonly string[]).includes(value)) {
-    throw new UserError(`--${name} must be one of ${allowed.join(", ")}; got ${JSON.stringify(value)}`);
+    throw new UserError(
+      `--${name} must be one of ${allowed.join(", ")}; got ${JSON.stringify(value)}`,
+    );
   }
   return value as T;
 }

@@ -23,7 +23,11 @@ const HELP = `usage: deno task embed --checkpoint FILE --out FILE.npy [flags]
 const DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] as const;
 
 /** A .npy (version 1.0) file of a 2-D little-endian array. */
-export function encodeNpy(data: Float32Array | Int32Array, rows: number, cols?: number): Uint8Array {
+export function encodeNpy(
+  data: Float32Array | Int32Array,
+  rows: number,
+  cols?: number,
+): Uint8Array {
   const descr = data instanceof Float32Array ? "<f4" : "<i4";
   const shape = cols === undefined ? `(${rows},)` : `(${rows}, ${cols})`;
   let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shape}, }`;

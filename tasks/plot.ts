@@ -1,6 +1,6 @@
 /** Training curves as SVG, drawn by Vega-Lite (loss and kNN top-1 against optimizer steps). */
-import * as vega from "npm:vega@6.4.0";
-import * as vl from "npm:vega-lite@6.5.0";
+import * as vega from "vega";
+import * as vl from "vega-lite";
 
 /** One point of a curve. */
 export interface CurvePoint {

@@ -160,7 +160,10 @@ export function resolveConfig(flags: Flags): TrainConfig {
   loss.kind = oneOf("loss", str("loss"), LOSSES) ?? loss.kind;
   if (str("window") !== undefined) {
     const parts = str("window")!.split(",").map(Number);
-    if (parts.length !== 2 || !parts.every((v) => Number.isInteger(v) && v >= 1) || parts[0] > parts[1]) {
+    if (
+      parts.length !== 2 || !parts.every((v) => Number.isInteger(v) && v >= 1) ||
+      parts[0] > parts[1]
+    ) {
       throw new UserError(`--window must be A,B with 1 <= A <= B, got ${str("window")}`);
     }
     loss.window = [parts[0], parts[1]];
@@ -290,7 +293,13 @@ async function main(): Promise<number> {
   const model = modelConfig(config, train.channels);
   const memory = (() => {
     try {
-      return checkBatchFits(model.backbone, config.batch, config.accum, config.imageSize, gpu.maxBindingBytes);
+      return checkBatchFits(
+        model.backbone,
+        config.batch,
+        config.accum,
+        config.imageSize,
+        gpu.maxBindingBytes,
+      );
     } catch (e) {
       throw new UserError((e as Error).message);
     }
@@ -321,13 +330,21 @@ async function main(): Promise<number> {
       `${parameterCount(ssl.online).toLocaleString("en")} with heads`,
       `data ${config.dataset}: ${train.length} train / ${test.length} test images, ` +
       `${train.classes} classes, ${config.imageSize}px; batch ${config.batch} x accum ${config.accum}`,
-      `loss ${config.loss.kind}${config.loss.kind === "triplet" ? ` window [${config.loss.window}]` : ""}; ` +
+      `loss ${config.loss.kind}${
+        config.loss.kind === "triplet" ? ` window [${config.loss.window}]` : ""
+      }; ` +
       `bernoulliK: with ${train.classes} classes and ${negatives} negatives, the smallest k whose ` +
       `deputy is a false negative with probability <= 0.05 is ${suggestedK}`,
-      `memory estimate: ${(memory.stepBytes / 2 ** 20).toFixed(0)} MiB of activations per micro-batch, ` +
-      `largest tensor ${(memory.largestTensorBytes / 2 ** 20).toFixed(1)} MiB (${memory.largestAt}); ` +
+      `memory estimate: ${
+        (memory.stepBytes / 2 ** 20).toFixed(0)
+      } MiB of activations per micro-batch, ` +
+      `largest tensor ${
+        (memory.largestTensorBytes / 2 ** 20).toFixed(1)
+      } MiB (${memory.largestAt}); ` +
       `largest batch that fits one binding: ${memory.maxBatch}`,
-      `${totalSteps} steps (${(totalSteps / stepsPerEpoch).toFixed(2)} epochs), run directory ${outDir}`,
+      `${totalSteps} steps (${
+        (totalSteps / stepsPerEpoch).toFixed(2)
+      } epochs), run directory ${outDir}`,
       ...(config.deviations.length > 0
         ? ["departures from METHOD.md:", ...config.deviations.map((d) => `  - ${d}`)]
         : []),
@@ -413,7 +430,6 @@ async function main(): Promise<number> {
   const wall = () => wallBefore + (performance.now() - started) / 1000;
   const evaluate = (step: number, withProbe: boolean) =>
     evaluateAndLog(gpu, ssl, train, test, config, step, withProbe, paths.metrics, progress);
-  let finalEval: EvaluationResult | undefined;
 
   for (let step = startStep; step < totalSteps; step++) {
     if (nanAt === step + 1) {
@@ -491,11 +507,13 @@ async function main(): Promise<number> {
   await loader.close();
   await checkpoint(totalSteps, wall());
   const trainSeconds = wall();
-  finalEval = await evaluate(totalSteps, config.probeEpochs > 0);
+  const finalEval = await evaluate(totalSteps, config.probeEpochs > 0);
   for (const [sig, handler] of signals) Deno.removeSignalListener(sig, handler);
 
   const metrics = await readMetrics(paths.metrics);
-  const rates = metrics.map((m) => m.imagesPerSecond).filter((v): v is number => typeof v === "number");
+  const rates = metrics.map((m) => m.imagesPerSecond).filter((v): v is number =>
+    typeof v === "number"
+  );
   const summary = {
     preset: config.preset,
     loss: config.loss.kind,
@@ -507,7 +525,9 @@ async function main(): Promise<number> {
     finalLoss: metrics.filter((m) => m.loss !== undefined).at(-1)?.loss ?? null,
     wallSeconds: +trainSeconds.toFixed(1),
     evalSeconds: +finalEval.seconds.toFixed(1),
-    imagesPerSecond: rates.length ? +(rates.reduce((a, b) => a + b, 0) / rates.length).toFixed(2) : null,
+    imagesPerSecond: rates.length
+      ? +(rates.reduce((a, b) => a + b, 0) / rates.length).toFixed(2)
+      : null,
     adapter: gpu.adapterName,
     fallbackAdapter: gpu.isFallback,
   };
@@ -517,7 +537,9 @@ async function main(): Promise<number> {
   test.close?.();
   progress.log(
     `done: kNN top-1 ${(summary.knnTop1 * 100).toFixed(2)}%` +
-      (summary.linearTop1 !== null ? `, linear top-1 ${(summary.linearTop1 * 100).toFixed(2)}%` : "") +
+      (summary.linearTop1 !== null
+        ? `, linear top-1 ${(summary.linearTop1 * 100).toFixed(2)}%`
+        : "") +
       ` after ${totalSteps} steps in ${formatDuration(trainSeconds)} ` +
       `(+${formatDuration(finalEval.seconds)} evaluation); ${outDir}/summary.json`,
   );
@@ -560,7 +582,9 @@ async function evaluateAndLog(
   });
   progress.log(
     `eval at step ${step}: kNN top-1 ${(result.knnTop1 * 100).toFixed(2)}%` +
-      (result.linearTop1 !== undefined ? `, linear top-1 ${(result.linearTop1 * 100).toFixed(2)}%` : ""),
+      (result.linearTop1 !== undefined
+        ? `, linear top-1 ${(result.linearTop1 * 100).toFixed(2)}%`
+        : ""),
   );
   return result;
 }

@@ -40,8 +40,14 @@ Deno.test("safetensors: encode/decode round trip; truncated and garbage files gi
   assert.deepEqual(Array.from(back.tensors.get("a")!.data as Float32Array), [1, 2, 3, 4, 5, 6]);
   assert.equal((back.tensors.get("n")!.data as BigInt64Array)[0], 7n);
   assert.equal(back.metadata.format, "x");
-  assert.throws(() => decodeSafetensors(bytes.subarray(0, bytes.length - 4), "f.st"), /f.st.*truncated/);
-  assert.throws(() => decodeSafetensors(new Uint8Array([1, 2, 3]), "g.st"), /g.st is not a readable/);
+  assert.throws(
+    () => decodeSafetensors(bytes.subarray(0, bytes.length - 4), "f.st"),
+    /f.st.*truncated/,
+  );
+  assert.throws(
+    () => decodeSafetensors(new Uint8Array([1, 2, 3]), "g.st"),
+    /g.st is not a readable/,
+  );
 });
 
 Deno.test({
@@ -57,13 +63,20 @@ Deno.test({
     const other = gpu.upload(rng.normals(4 * 8 * 8), [4, 8, 8, 1]);
     // Take one step so the velocity, target and running statistics are not at their initial values.
     const lossOut = gpu.empty([2]);
-    a.step([{ view1: images, view2: other }], 0.5, 0.9, { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 }, lossOut);
+    a.step([{ view1: images, view2: other }], 0.5, 0.9, {
+      momentum: 0.9,
+      weightDecay: 1e-6,
+      eta: 0.001,
+    }, lossOut);
     await saveCheckpoint(path, a, { step: 1, note: "test" });
     const b = new SslModel(gpu, SMALL, 4, 99);
     const state = await loadCheckpoint(path, b);
     assert.equal(state.step, 1);
     for (const model of [a, b]) model.online.ctx.mode = "eval";
-    const [fa, fb] = await gpu.read([a.online.backbone.forward(images), b.online.backbone.forward(images)]);
+    const [fa, fb] = await gpu.read([
+      a.online.backbone.forward(images),
+      b.online.backbone.forward(images),
+    ]);
     assert.deepEqual(Array.from(fb), Array.from(fa), "eval-mode features after loading");
     const [va, vb] = await gpu.read([a.velocity[0], b.velocity[0]]);
     assert.deepEqual(Array.from(vb), Array.from(va), "LARS velocity");
@@ -87,10 +100,15 @@ Deno.test({
     const gpu = await testGpu();
     const dir = await Deno.makeTempDir();
     const path = `${dir}/r50.safetensors`;
-    const model = new SslModel(gpu, {
-      ...SMALL,
-      backbone: { arch: "resnet50", inChannels: 3, smallImage: false, widths: scaledWidths(1) },
-    }, 4, 0);
+    const model = new SslModel(
+      gpu,
+      {
+        ...SMALL,
+        backbone: { arch: "resnet50", inChannels: 3, smallImage: false, widths: scaledWidths(1) },
+      },
+      4,
+      0,
+    );
     await saveCheckpoint(path, model, { step: 0 });
     const file = await loadSafetensors(path);
     const expected = Object.entries(

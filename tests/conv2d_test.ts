@@ -6,7 +6,9 @@ import {
   conv2dInputGrad,
   conv2dOutputSize,
   type Conv2dShape,
+  type Conv2dStaging,
   conv2dWeightGrad,
+  setConv2dStaging,
 } from "../kernels/conv2d.ts";
 
 // f32 GPU sums of up to ~1000 products of values in [-1, 1] against float64 references: rounding
@@ -262,11 +264,36 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
   },
 ];
 
+/** Run `body` with the kernels feeding their tiles the given way, then restore the default. */
+async function withStaging(mode: Conv2dStaging, body: () => Promise<void>): Promise<void> {
+  setConv2dStaging(mode);
+  try {
+    await body();
+  } finally {
+    setConv2dStaging("auto");
+  }
+}
+
 for (const c of cases) {
   Deno.test({
     name: `conv2d: ${c.name} (${describe(c.shape)})`,
     ...gpuTest,
     fn: () => checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 31 + c.shape.outChannels),
+  });
+}
+
+// "auto" picks direct loads on this CPU adapter; the workgroup-memory path (what GPUs run) gets
+// the cases that exercise its edges: split-K, stride phases with odd sizes, the Cin = 3 stem,
+// scalar channel paths.
+for (const c of [cases[1], cases[2], cases[4], cases[6]]) {
+  Deno.test({
+    name: `conv2d: workgroup-memory tiles: ${c.name} (${describe(c.shape)})`,
+    ...gpuTest,
+    fn: () =>
+      withStaging(
+        "workgroup",
+        () => checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 17 + c.shape.outChannels),
+      ),
   });
 }
 

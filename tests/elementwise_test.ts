@@ -1,5 +1,14 @@
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import { add, axpby, axpy, copy, fill, reluBackward, reluForward, scale } from "../kernels/elementwise.ts";
+import {
+  add,
+  axpby,
+  axpy,
+  copy,
+  fill,
+  reluBackward,
+  reluForward,
+  scale,
+} from "../kernels/elementwise.ts";
 
 // Elementwise ops are exact in f32 except rounding of one multiply-add.
 const TOL = { atol: 1e-6, rtol: 1e-6 };

@@ -66,19 +66,30 @@ Deno.test({
   ...gpuTest,
   fn: async () => {
     const gpu = await testGpu();
-    const model = new SslModel(gpu, {
-      backbone: { arch: "resnet50", inChannels: 3, smallImage: false, widths: scaledWidths(1) },
-      projectorHidden: 64,
-      projectorOut: 32,
-      predictorHidden: 64,
-      loss: { kind: "byol" },
-    }, 2, 7);
+    const model = new SslModel(
+      gpu,
+      {
+        backbone: { arch: "resnet50", inChannels: 3, smallImage: false, widths: scaledWidths(1) },
+        projectorHidden: 64,
+        projectorOut: 32,
+        predictorHidden: 64,
+        loss: { kind: "byol" },
+      },
+      2,
+      7,
+    );
     const rng = new Rng(1);
     const view1 = gpu.upload(rng.normals(2 * 32 * 32 * 3), [2, 32, 32, 3]);
     const view2 = gpu.upload(rng.normals(2 * 32 * 32 * 3), [2, 32, 32, 3]);
     const lossOut = gpu.empty([2]);
     const before = await model.online.parameters()[0].value.read();
-    model.step([{ view1, view2 }], 0.1, 0.99, { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 }, lossOut);
+    model.step(
+      [{ view1, view2 }],
+      0.1,
+      0.99,
+      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
+      lossOut,
+    );
     const params = model.online.parameters();
     const [losses, after, stemGrad, lastGrad] = await gpu.read([
       lossOut,
@@ -96,7 +107,12 @@ Deno.test({
 });
 
 Deno.test("memory: the estimate finds the largest batch that fits one binding", () => {
-  const config = { arch: "resnet50" as const, inChannels: 3, smallImage: false, widths: scaledWidths(1) };
+  const config = {
+    arch: "resnet50" as const,
+    inChannels: 3,
+    smallImage: false,
+    widths: scaledWidths(1),
+  };
   // layer1 output at 56x56x256 floats per sample is the largest tensor: 3.06 MiB per sample.
   const estimate = estimateStepMemory(config, 64, 224, 128 * 2 ** 20);
   assert.equal(estimate.largestTensorBytes, 64 * 56 * 56 * 256 * 4);

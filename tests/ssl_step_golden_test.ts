@@ -55,13 +55,18 @@ Deno.test({
   fn: async () => {
     const gpu = await testGpu();
     const c = golden.config;
-    const model = new SslModel(gpu, {
-      backbone: { arch: "resnet18", inChannels: c.channels, smallImage: true, widths: c.widths },
-      projectorHidden: c.projectorHidden,
-      projectorOut: c.projectorOut,
-      predictorHidden: c.predictorHidden,
-      loss: { kind: "triplet", window: c.window, gamma: c.gamma, margin: c.margin },
-    }, c.batch, 0);
+    const model = new SslModel(
+      gpu,
+      {
+        backbone: { arch: "resnet18", inChannels: c.channels, smallImage: true, widths: c.widths },
+        projectorHidden: c.projectorHidden,
+        projectorOut: c.projectorOut,
+        predictorHidden: c.predictorHidden,
+        loss: { kind: "triplet", window: c.window, gamma: c.gamma, margin: c.margin },
+      },
+      c.batch,
+      0,
+    );
     const backboneNames = new Set(model.online.backbone.parameters().map((p) => p.name));
     for (const s of model.online.backbone.states()) backboneNames.add(s.name);
     const load = (name: string, t: { write(d: Float32Array): void }, hwio: boolean) => {
@@ -107,7 +112,12 @@ Deno.test({
           const expected = p.layout === "hwio" ? oihwToHwio(g.data, g.shape).data : g.data;
           // Gradients mix the loss's 1/n and LARS-free raw values; scale atol to the tensor.
           const scale = expected.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-          assertClose(grads[i], expected, { atol: 2e-3 * scale + 1e-7, rtol: 2e-3 }, `grad ${p.name}`);
+          assertClose(
+            grads[i],
+            expected,
+            { atol: 2e-3 * scale + 1e-7, rtol: 2e-3 },
+            `grad ${p.name}`,
+          );
         });
       }
     }

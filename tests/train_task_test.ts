@@ -4,7 +4,7 @@
  * Shapes are tiny (widths 4/8/8/16, batch 16, a few steps) so CI stays fast.
  */
 import assert from "node:assert/strict";
-import { encode as encodePng } from "npm:fast-png@8.0.0";
+import { encode as encodePng } from "fast-png";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = [
@@ -141,7 +141,15 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const r = await train([
-      ...TINY, "--steps", "30", "--checkpoint-every", "1", "--debug-nan-at", "3", "--out", dir,
+      ...TINY,
+      "--steps",
+      "30",
+      "--checkpoint-every",
+      "1",
+      "--debug-nan-at",
+      "3",
+      "--out",
+      dir,
     ]);
     assert.equal(r.code, 3, r.stderr + r.stdout);
     assert.match(r.stderr, /training diverged at step 3: .*not finite/);

@@ -1,0 +1,188 @@
+/**
+ * tritrain: self-supervised ResNet pretraining with the truncated triplet loss (Wang et al.,
+ * "Solving Inefficiency of Self-supervised Representation Learning", ICCV 2021), with every
+ * kernel hand-written in WGSL and run through WebGPU.
+ *
+ * Layers, bottom to top: runtime (device, tensors, dispatch) -> kernels (one WGSL family each)
+ * -> models (layers, ResNets, heads, the SSL pair, optimizers, checkpoints, evaluation) -> data
+ * (datasets, GPU augmentation, prefetching loader). The command-line tasks live in `tasks/`.
+ *
+ * @example
+ * ```ts
+ * import { acquireGpu, SslModel, scaledWidths } from "./mod.ts";
+ * const gpu = await acquireGpu({ log: true });
+ * const model = new SslModel(gpu, {
+ *   backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: scaledWidths(0.5) },
+ *   projectorHidden: 512, projectorOut: 128, predictorHidden: 512,
+ *   loss: { kind: "triplet", window: [2, 10] },
+ * }, 128, 0);
+ * ```
+ * @module
+ */
+
+// ---- runtime ----
+/** The WebGPU device with the adapter's maximum limits, tensors, dispatch and readback. */
+export {
+  acquireGpu,
+  type AcquireOptions,
+  BufferPool,
+  ceilDiv,
+  createGpu,
+  type DispatchArgs,
+  type DType,
+  Gpu,
+  grid1d,
+  type Kernel,
+  type KernelOptions,
+  loadKernelSource,
+  packUniforms,
+  shapeSize,
+  specialise,
+  Tensor,
+} from "./runtime/gpu.ts";
+/** Seeded pseudo-random numbers (initialisation, tests). */
+export { Rng } from "./runtime/random.ts";
+
+// ---- kernels ----
+/** Elementwise ops: fill, copy, add, scale, axpy, axpby, ReLU forward/backward. */
+export {
+  add,
+  axpby,
+  axpy,
+  copy,
+  fill,
+  reluBackward,
+  reluForward,
+  scale,
+} from "./kernels/elementwise.ts";
+/** Deterministic row and whole-tensor sums, sums of squares and norms. */
+export { reduceAll, reduceRows } from "./kernels/reduce.ts";
+/** Tiled matrix multiply in the forms a Linear layer needs (A·B, Aᵀ·B, A·Bᵀ, bias, batched). */
+export { matmul, type MatmulOptions, matmulShape } from "./kernels/matmul.ts";
+/** Implicit-GEMM convolution: forward, input gradient, weight gradient (split-K), bias gradient. */
+export {
+  conv2dBiasGrad,
+  conv2dForward,
+  conv2dInputGrad,
+  conv2dOutputSize,
+  type Conv2dShape,
+  conv2dWeightGrad,
+} from "./kernels/conv2d.ts";
+/** BatchNorm over [rows, C] (2d on NHWC, 1d on [N, C]): train, eval, backward; ReLU fusable. */
+export {
+  batchNormBackward,
+  batchNormEvalForward,
+  type BatchNormShape,
+  batchNormTrainForward,
+} from "./kernels/batchnorm.ts";
+/** Max pool (argmax saved) and global average pool, forward and backward. */
+export {
+  globalAvgPoolBackward,
+  globalAvgPoolForward,
+  maxPoolBackward,
+  maxPoolForward,
+  maxPoolOutputSize,
+  type MaxPoolWindow,
+  type PoolShape,
+} from "./kernels/pool.ts";
+/** Residual add + ReLU (the end of a ResNet block) and its backward. */
+export { addRelu, addReluBackward } from "./kernels/residual.ts";
+/** Row L2 normalisation forward/backward (eps 1e-12). */
+export { l2normBackward, l2normForward } from "./kernels/l2norm.ts";
+/** Stable per-row bitonic sort carrying indices (ranks each row's negatives). */
+export { maxSortTile, type SortOptions, sortRows } from "./kernels/sort.ts";
+/** The SSL objectives: truncated triplet (smoothed rank-k, rank-k, median, hardest), BYOL, InfoNCE. */
+export {
+  cosineSimilarity,
+  deputyWindow,
+  LOSS_DEFAULTS,
+  type LossConfig,
+  type LossKind,
+  SslLoss,
+} from "./kernels/ssl_loss.ts";
+/** EMA of the target network and METHOD.md's cosine momentum schedule. */
+export { emaUpdate, momentumAt } from "./kernels/ema.ts";
+/** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
+export { type LarsOptions, larsStep, type SgdOptions, sgdStep } from "./kernels/optimizer.ts";
+/** Weighted kNN vote (the kNN monitor). */
+export { knnScores } from "./kernels/knn.ts";
+/** Softmax cross-entropy with its gradient (linear probe). */
+export { softmaxCrossEntropy } from "./kernels/softmax_xent.ts";
+
+// ---- models ----
+/** Layers with explicit forward/backward and the activation arena. */
+export {
+  BatchNorm,
+  Context,
+  Conv2d,
+  GlobalAvgPool,
+  Linear,
+  MaxPool,
+  type Mode,
+  type Module,
+  type Parameter,
+  type StateTensor,
+  zeroGrads,
+} from "./models/layers.ts";
+/** torchvision-structured ResNet-18/34/50 with torchvision parameter names. */
+export {
+  type Arch,
+  ARCHITECTURES,
+  parameterCount,
+  ResNet,
+  type ResNetConfig,
+  scaledWidths,
+} from "./models/resnet.ts";
+/** Projector / predictor MLPs. */
+export { Mlp, type MlpConfig } from "./models/heads.ts";
+/** The online/target pair and its training step (loss, backward, LARS, EMA). */
+export {
+  Branch,
+  type LarsConfig,
+  type MicroBatch,
+  SslModel,
+  type SslModelConfig,
+} from "./models/ssl.ts";
+/** The smallest rank k whose negative deputy is a false negative with probability <= epsilon. */
+export { bernoulliK, binomialTail } from "./models/bernoulli.ts";
+/** Warm-up + cosine learning rate, linear lr scaling. */
+export { learningRateAt, scaledLearningRate } from "./models/schedule.ts";
+/** Activation memory estimate and the largest batch that fits. */
+export { checkBatchFits, estimateStepMemory } from "./models/memory.ts";
+/** safetensors checkpoints with torchvision names (atomic writes). */
+export {
+  hwioToOihw,
+  loadCheckpoint,
+  oihwToHwio,
+  readCheckpoint,
+  saveCheckpoint,
+} from "./models/checkpoint.ts";
+export { loadSafetensors, saveSafetensors, writeFileAtomic } from "./models/safetensors.ts";
+/** Rebuild a trained backbone from a checkpoint. */
+export { loadBackbone } from "./models/load.ts";
+/** kNN monitor, linear probe and feature extraction. */
+export {
+  evaluateBackbone,
+  type EvaluationOptions,
+  type EvaluationResult,
+  extractFeatures,
+  knnAccuracy,
+  linearProbe,
+} from "./models/evaluate.ts";
+
+// ---- data ----
+/** Datasets (Fashion-MNIST, MNIST, CIFAR-10/100, image folders) and the per-epoch shuffle. */
+export {
+  type Dataset,
+  DatasetError,
+  type DatasetName,
+  loadDataset,
+  shuffledOrder,
+} from "./data/dataset.ts";
+/** An in-memory dataset (tests, custom data). */
+export { ArrayDataset } from "./data/memory.ts";
+/** Two-view GPU augmentation (METHOD.md) and its configurations. */
+export { Augmenter, uploadPixels } from "./data/augment.ts";
+export { augmentConfigFor, imagenetViews, smallDataViews } from "./data/augment_config.ts";
+/** Prefetching batch loader (next batch loaded, uploaded and augmented during the current step). */
+export { type Batch, BatchLoader } from "./data/loader.ts";
