@@ -250,10 +250,10 @@ function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape 
   const tilesN = ceilDiv(n, 16 * wgX);
   const slots = parallelSlots(gpu);
   const staging = staged(gpu) ? 0.9 : 0;
-  let best = 1;
+  let best = 8 / wgX;
   let bestTime = Infinity;
   for (let wgY = maxWgY; wgY >= 1; wgY--) {
-    if ((wgX * wgY) % 8 !== 0 && wgY !== 1) continue;
+    if ((wgX * wgY) % 8 !== 0) continue;
     const tiles = ceilDiv(m, 16 * wgY) * tilesN;
     const tileWork = 256 * wgX * wgY * (1 + staging * (1 / wgX + 1 / wgY));
     const time = (sliced ? tiles : ceilDiv(tiles, slots)) * tileWork;
@@ -272,9 +272,9 @@ function splitPixels(
   outputSize: number,
   gpu: Gpu,
 ): { slices: number; sliceLen: number } {
-  // A few waves of workgroups balance the load; each slice keeps >= 256 pixels so the scratch
+  // Several waves of workgroups balance the load; each slice keeps >= 256 pixels so the scratch
   // and the second pass stay small next to the product.
-  const wanted = 4 * parallelSlots(gpu);
+  const wanted = 8 * parallelSlots(gpu);
   const minSliceLen = 256;
   let slices = Math.max(1, Math.min(ceilDiv(wanted, tiles), Math.floor(pixels / minSliceLen)));
   // The scratch must fit in one binding.

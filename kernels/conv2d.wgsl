@@ -7,9 +7,12 @@
 // arithmetic divides by constants (a multiply and a shift) instead of by runtime values.
 //
 // Entry point `main`, specialised by PASS, computes C = A · B tile by tile:
-//   PASS_FORWARD      y = im2col(x) · W (+ bias)      M = BATCH*OUT_H*OUT_W  N = OUT_C  K = KERNEL²*IN_C
-//   PASS_INPUT_GRAD   dx = dy-gather · Wᵀ, per phase   M = BATCH*PH_H*PH_W    N = IN_C   K = TAPS_H*TAPS_W*OUT_C
-//   PASS_WEIGHT_GRAD  dW = im2col(x)ᵀ · dy, per slice M = KERNEL²*IN_C        N = OUT_C  K = BATCH*OUT_H*OUT_W
+//   PASS_FORWARD      y = im2col(x) · W (+ bias)
+//                     M = BATCH*OUT_H*OUT_W, N = OUT_C, K = KERNEL²*IN_C
+//   PASS_INPUT_GRAD   dx = gather(dy) · Wᵀ, one stride phase per dispatch
+//                     M = BATCH*PH_H*PH_W, N = IN_C, K = TAPS_H*TAPS_W*OUT_C
+//   PASS_WEIGHT_GRAD  dW = im2col(x)ᵀ · dy, one K slice per grid z
+//                     M = KERNEL²*IN_C, N = OUT_C, K = BATCH*OUT_H*OUT_W
 // The A loader computes im2col addresses on the fly; taps outside the image read as zero, which
 // is the zero padding. Nothing is materialised.
 //
@@ -26,18 +29,24 @@
 //
 // Tiling: a workgroup of WG_X * WG_Y invocations computes a TILE_M x TILE_N block of C with
 // TILE_M = 16 WG_Y, TILE_N = 16 WG_X; each invocation owns a 16 x 16 block in registers (16 rows of
-// mat4x4 = 4 column quads). Per TILE_K = 16 step the workgroup stages A (k-major, rows packed in
-// vec4) and B (k-major, columns packed in vec4) in workgroup memory, loading global memory in
-// 4 x 4 blocks of vec4 and transposing in registers where the global layout runs along k. An
-// invocation then reads 4 vec4 of A and 4 of B per k for 256 multiply-adds. (On lavapipe, which
-// runs 8 invocations as SIMD lanes, every lane-varying load is a scalar loop over the lanes, so the
-// 16 x 16 register block - not arithmetic - is what sets the speed.)
+// mat4x4 = 4 column quads) and per 4 steps of k reads a 16 x 4 block of A and a 4 x 16 block of B
+// (16 + 16 vec4) for 1024 multiply-adds. Global memory is read in 4 x 4 blocks of vec4, transposed
+// in registers where the layout runs the other way. The blocks come from one of two sources:
+// - STAGED (GPUs): per TILE_K = 16 step the workgroup stages A (k-major, rows packed in vec4) and
+//   B (k-major, columns packed in vec4) in workgroup memory between two barriers, and each
+//   invocation reads its blocks from there.
+// - direct (CPU adapters): each invocation loads its blocks straight from global memory. lavapipe
+//   runs 8 invocations as the lanes of one SIMD register and turns every lane-varying load, from
+//   workgroup memory as much as from a buffer, into a scalar loop over the lanes; staging then only
+//   adds loads, stores and barriers (measured: 1.3x slower).
+// Loaders never branch: out-of-range elements read a valid address and are selected to zero.
 //
 // Bindings (all storage buffers are viewed as vec4 arrays; an element i is [i / 4][i % 4]; the
 // wrapper binds whole pooled buffers, which are padded to 16 bytes):
 //   1 in_a   (read)        forward, weight grad: x.  input grad: dy.  reductions: partial sums / dy
 //   2 in_b   (read)        forward, input grad: weight.  weight grad: dy
-//   3 bias   (read)        forward with HAS_BIAS: bias [OUT_C]
+//   3 bias   (read)        forward with HAS_BIAS: bias [OUT_C] (the layout always has this
+//                          binding; the wrapper binds another read-only tensor when unused)
 //   4 out    (read_write)  forward: y.  input grad: dx.  weight grad: dW or scratch [slices, M, N]
 // Dispatch of `main`: (ceil(M / TILE_M), ceil(N / TILE_N), slices) workgroups of WG_X * WG_Y.
 //
@@ -292,7 +301,12 @@ fn row_major_b(k: u32, c: u32, k_end: u32) -> vec4<f32> {
 // transposes are free (register renaming).
 fn load_a_block(m: u32, k: u32, k_end: u32) -> mat4x4<f32> {
   if (PASS == PASS_FORWARD) {
-    return mat4x4<f32>(forward_a(m, k), forward_a(m + 1u, k), forward_a(m + 2u, k), forward_a(m + 3u, k));
+    return mat4x4<f32>(
+      forward_a(m, k),
+      forward_a(m + 1u, k),
+      forward_a(m + 2u, k),
+      forward_a(m + 3u, k),
+    );
   }
   if (PASS == PASS_INPUT_GRAD) {
     return mat4x4<f32>(

@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { type BenchContext, type BenchRow, formatTable } from "../bench/harness.ts";
+import { formatProfile, hasProfile } from "../bench/profile.ts";
 
 const PARTS = ["matmul", "conv", "batchnorm", "loss", "data", "step"] as const;
 
@@ -54,7 +55,13 @@ async function main(): Promise<void> {
     const module = await import(`../bench/${part}.ts`);
     const partRows: BenchRow[] = await module.run(ctx);
     rows.push(...partRows);
-    if (!values.json) console.log(`\n${formatTable(partRows)}`);
+    if (!values.json) {
+      console.log(`\n${formatTable(partRows)}`);
+      // A part run with --profile returns a row carrying its per-kernel breakdown (--json keeps it).
+      for (const row of partRows.filter(hasProfile)) {
+        console.log(`\n${formatProfile(row.profile, `${row.part}: ${row.case}`)}`);
+      }
+    }
   }
   if (values.json) console.log(JSON.stringify(rows, null, 1));
   if (values.report !== "-") await writeReport(values.report, parts, rows, gpu.describe());
