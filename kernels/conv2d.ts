@@ -3,7 +3,14 @@
  * bias gradient. All three products are implicit GEMMs on one register-tiled template in
  * `conv2d.wgsl`; this file only validates, picks a tile shape, binds and dispatches.
  */
-import { type Bindable, ceilDiv, type Gpu, grid1d, type Tensor } from "../runtime/gpu.ts";
+import {
+  type Bindable,
+  ceilDiv,
+  type Gpu,
+  grid1d,
+  OPERAND_TEXTURE_WIDTH,
+  type Tensor,
+} from "../runtime/gpu.ts";
 
 /** Geometry of one convolution: square kernel, same stride and zero padding on both axes. */
 export interface Conv2dShape {
@@ -40,15 +47,29 @@ export function conv2dForward(
   if (bias) expectShape("conv2dForward", "bias", bias, [s.outChannels]);
   const m = s.batch * g.outHeight * g.outWidth;
   const tile = chooseTile(gpu, m, s.outChannels, false);
+  const operands = gemmOperands(gpu, x, weight);
   const kernel = gpu.kernel("conv2d", {
     substitute: tile.substitute,
-    constants: { ...g.constants, PASS: PASS_FORWARD, HAS_BIAS: bias ? 1 : 0, STAGED: tile.staged },
+    constants: {
+      ...g.constants,
+      ...operands.constants,
+      PASS: PASS_FORWARD,
+      HAS_BIAS: bias ? 1 : 0,
+      STAGED: tile.staged,
+    },
   });
   gpu.dispatch(kernel, {
     // The layout always has the bias binding (overrides do not remove it): bind weight instead.
-    storage: [bindable(x), bindable(weight), bindable(bias ?? weight), bindable(y)],
+    storage: [
+      bindable(x),
+      bindable(weight),
+      bindable(bias ?? weight),
+      bindable(y),
+      ...operands.textures,
+    ],
     workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.outChannels, tile.tileN), 1],
   });
+  operands.release();
 }
 
 /**
@@ -72,6 +93,7 @@ export function conv2dInputGrad(
     return first >= s.kernelSize ? 0 : ceilDiv(s.kernelSize - first, s.stride);
   };
   const phases = Array.from({ length: s.stride }, (_, p) => p);
+  const operands = gemmOperands(gpu, dy, weight);
   if (phases.some((p) => taps(p) === 0)) {
     // Kernel smaller than the stride (1x1 stride 2): some pixels get no gradient. Zero all of dx
     // (a fill, far cheaper than running GEMMs with K = 0); the other phases overwrite theirs.
@@ -88,6 +110,7 @@ export function conv2dInputGrad(
         substitute: tile.substitute,
         constants: {
           ...g.constants,
+          ...operands.constants,
           PASS: PASS_INPUT_GRAD,
           PHASE_H: phaseH,
           PHASE_W: phaseW,
@@ -95,11 +118,18 @@ export function conv2dInputGrad(
         },
       });
       gpu.dispatch(kernel, {
-        storage: [bindable(dy), bindable(weight), bindable(weight), bindable(dx)],
+        storage: [
+          bindable(dy),
+          bindable(weight),
+          bindable(weight),
+          bindable(dx),
+          ...operands.textures,
+        ],
         workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.inChannels, tile.tileN), 1],
       });
     }
   }
+  operands.release();
 }
 
 /**
@@ -126,10 +156,12 @@ export function conv2dWeightGrad(
   const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
   const { slices, sliceLen } = splitPixels(pixels, tiles, m * n, gpu);
   const split = slices > 1;
+  const operands = gemmOperands(gpu, x, dy);
   const kernel = gpu.kernel("conv2d", {
     substitute: tile.substitute,
     constants: {
       ...g.constants,
+      ...operands.constants,
       PASS: PASS_WEIGHT_GRAD,
       STAGED: tile.staged,
       SLICE_LEN: sliceLen,
@@ -139,9 +171,16 @@ export function conv2dWeightGrad(
   });
   const target = split ? gpu.empty([slices, m * n], "f32", "conv2d weight-grad slices") : null;
   gpu.dispatch(kernel, {
-    storage: [bindable(x), bindable(dy), bindable(dy), target ?? bindable(dweight)],
+    storage: [
+      bindable(x),
+      bindable(dy),
+      bindable(dy),
+      target ?? bindable(dweight),
+      ...operands.textures,
+    ],
     workgroups: [ceilDiv(m, tile.tileM), ceilDiv(n, tile.tileN), slices],
   });
+  operands.release();
   if (target) {
     reduceSlices(gpu, target, slices, m * n, dweight, accumulate);
     target.release();
@@ -194,7 +233,49 @@ export function setConv2dStaging(mode: Conv2dStaging): void {
   stagingMode = mode;
 }
 
+/** Where the GEMM tiles read their operands A and B from; see `kernels/conv2d.wgsl`. */
+export type Conv2dOperands = "auto" | "texture" | "buffer";
+
+let operandMode: Conv2dOperands = "auto";
+
+/**
+ * Force where the GEMM kernels read their operands (tests and benchmarks): "texture" copies them
+ * into read-only storage textures first (faster on CPU adapters such as lavapipe, which load a
+ * texel per lane far faster than a storage-buffer element), "buffer" reads the tensors' buffers,
+ * "auto" (the default) picks textures on fallback (CPU) adapters. Operands too big for a texture
+ * always use buffers.
+ */
+export function setConv2dOperands(mode: Conv2dOperands): void {
+  operandMode = mode;
+}
+
 // ---- internals ----
+
+/** The textures (bindings 5, 6) and overrides of one GEMM dispatch of `main`. */
+interface GemmOperands {
+  textures: GPUTextureView[];
+  constants: Record<string, number>;
+  release(): void;
+}
+
+/** Texture copies of A and B when the texture path applies, else placeholder bindings. */
+function gemmOperands(gpu: Gpu, a: Tensor, b: Tensor): GemmOperands {
+  const wanted = operandMode === "texture" || (operandMode === "auto" && gpu.isFallback);
+  if (!wanted || !gpu.fitsOperandTexture(a) || !gpu.fitsOperandTexture(b)) {
+    const placeholder = gpu.placeholderTexture();
+    return { textures: [placeholder, placeholder], constants: {}, release: () => {} };
+  }
+  const textureA = gpu.operandTexture(a);
+  const textureB = gpu.operandTexture(b);
+  return {
+    textures: [textureA.view, textureB.view],
+    constants: { TEXTURE_OPERANDS: 1, TEXTURE_WIDTH: OPERAND_TEXTURE_WIDTH },
+    release: () => {
+      textureA.release();
+      textureB.release();
+    },
+  };
+}
 
 function staged(gpu: Gpu): boolean {
   return stagingMode === "workgroup" || (stagingMode === "auto" && !gpu.isFallback);

@@ -48,6 +48,24 @@ fn workgroup_total(lid: u32, value: u32) -> u32 {
   return total;
 }
 
+// Sum of `value` over the threads before this one (serial over 256 entries by thread 0).
+fn exclusive_prefix(lid: u32, value: u32) -> u32 {
+  counts[lid] = value;
+  workgroupBarrier();
+  if (lid == 0u) {
+    var run = 0u;
+    for (var t = 0u; t < WG; t++) {
+      let c = counts[t];
+      counts[t] = run;
+      run += c;
+    }
+  }
+  workgroupBarrier();
+  let prefix = counts[lid];
+  workgroupBarrier();
+  return prefix;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -79,32 +97,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (key == threshold) { ties++; }
   }
   let total_above = workgroup_total(lid, above);
-  // Exclusive prefix of ties and of "above" over threads (serial over 256 entries by thread 0).
-  counts[lid] = ties;
-  workgroupBarrier();
-  if (lid == 0u) {
-    var run = 0u;
-    for (var t = 0u; t < WG; t++) {
-      let c = counts[t];
-      counts[t] = run;
-      run += c;
-    }
-  }
-  workgroupBarrier();
-  let tie_start = counts[lid];
-  workgroupBarrier();
-  counts[lid] = above;
-  workgroupBarrier();
-  if (lid == 0u) {
-    var run = 0u;
-    for (var t = 0u; t < WG; t++) {
-      let c = counts[t];
-      counts[t] = run;
-      run += c;
-    }
-  }
-  workgroupBarrier();
-  var slot = counts[lid];
+  // Where each thread's entries go: prefix counts over threads keep bank order.
+  let tie_start = exclusive_prefix(lid, ties);
+  var slot = exclusive_prefix(lid, above);
   var tie_rank = tie_start;
   let ties_wanted = k - total_above;
   for (var i = begin; i < end; i++) {

@@ -1,5 +1,5 @@
 /** Matrix multiply C = op(A)·op(B) (+ bias) (+= C), plain or batched; the GEMM behind Linear. */
-import { type Gpu, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, OPERAND_TEXTURE_WIDTH, packUniforms, type Tensor } from "../runtime/gpu.ts";
 
 /** Options for {@link matmul}. */
 export interface MatmulOptions {
@@ -11,6 +11,22 @@ export interface MatmulOptions {
   bias?: Tensor;
   /** Add the result to `out` instead of overwriting it (gradient accumulation). */
   accumulate?: boolean;
+}
+
+/** Where the multiply reads A and B from: see {@link setMatmulOperands}. */
+export type MatmulOperands = "auto" | "texture" | "buffer";
+
+let operandMode: MatmulOperands = "auto";
+
+/**
+ * Force where the multiply reads its operands (tests and benchmarks): "texture" copies them into
+ * read-only storage textures first (faster on CPU adapters such as lavapipe, which load a texel
+ * per lane far faster than a storage-buffer element), "buffer" reads the tensors' buffers, "auto"
+ * (the default) picks textures on fallback (CPU) adapters. Operands too big for a texture always
+ * use buffers.
+ */
+export function setMatmulOperands(mode: MatmulOperands): void {
+  operandMode = mode;
 }
 
 /** Each invocation computes a BLOCK x BLOCK block of C; a workgroup has 8 invocations. */
@@ -216,9 +232,18 @@ export function matmul(
   const nPadded = roundUp4(n);
   const c = nPadded === n ? out : gpu.empty([batch, m, nPadded]);
   if (c !== out && options.accumulate) copyPadded(gpu, out, c, batch, [m, n], [m, nPadded]);
+  const useTextures = (operandMode === "texture" || (operandMode === "auto" && gpu.isFallback)) &&
+    gpu.fitsOperandTexture(opA.tensor) && gpu.fitsOperandTexture(opB.tensor);
+  const textureA = useTextures ? gpu.operandTexture(opA.tensor) : undefined;
+  const textureB = useTextures ? gpu.operandTexture(opB.tensor) : undefined;
+  const placeholder = useTextures ? undefined : gpu.placeholderTexture();
   gpu.dispatch(
     gpu.kernel("matmul", {
-      constants: { TRANSPOSE_A: transposeA ? 1 : 0, TRANSPOSE_B: transposeB ? 1 : 0 },
+      constants: {
+        TRANSPOSE_A: transposeA ? 1 : 0,
+        TRANSPOSE_B: transposeB ? 1 : 0,
+        ...(useTextures ? { TEXTURE_OPERANDS: 1, TEXTURE_WIDTH: OPERAND_TEXTURE_WIDTH } : {}),
+      },
     }),
     {
       uniforms: packUniforms([
@@ -235,10 +260,22 @@ export function matmul(
         ["u32", options.accumulate ? 1 : 0],
         ["u32", lanesN],
       ]),
-      storage: [opA.tensor, null, opB.tensor, null, c, null, options.bias ?? noBias(gpu)],
+      storage: [
+        opA.tensor,
+        null,
+        opB.tensor,
+        null,
+        c,
+        null,
+        options.bias ?? noBias(gpu),
+        textureA?.view ?? placeholder!,
+        textureB?.view ?? placeholder!,
+      ],
       workgroups,
     },
   );
+  textureA?.release();
+  textureB?.release();
   if (c !== out) {
     copyPadded(gpu, c, out, batch, [m, nPadded], [m, n]);
     c.release();

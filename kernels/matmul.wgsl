@@ -9,7 +9,10 @@
 //   Batched: matrix z starts at z * a_batch4 / b_batch4 / c_batch4 vec4 (b_batch4 = 0 shares
 //   one B across the batch).
 //   Bindings: 0 uniform Params; 1 a (read); 3 b (read); 5 c (read_write); 7 bias (read) [N],
-//   added to every row when has_bias.
+//   added to every row when has_bias; 8 a_texture, 9 b_texture: read-only rgba32float storage
+//   textures holding a and b's vec4 in order, TEXTURE_WIDTH per row, read instead of a and b when
+//   TEXTURE_OPERANDS (the wrapper binds a placeholder otherwise). On lavapipe a per-lane texel load
+//   costs about a third of a storage-buffer vec4 load (see below), and loads dominate.
 //   Dispatch: (ceil(N / (16 lanes_n)), ceil(M / (16 (8 / lanes_n))), batch) workgroups of 8
 //   invocations; each invocation computes a 16 x 16 block of C.
 //
@@ -32,9 +35,14 @@
 // loops of a looped version, whose register arrays then live in memory (3x slower). Padding
 // instead of scalar code paths keeps specialisations few (4) and small: lavapipe compiles one in
 // ~1.5 s of CPU, where an earlier version with scalar load and store paths took 2-4 s each.
+// A texel load from a storage texture skips the per-lane loop (~0.7 ns per vec4 instead of ~2 ns),
+// so on CPU adapters the wrapper copies A and B into textures first (TEXTURE_OPERANDS; measured
+// 2-4x faster multiplies).
 
 override TRANSPOSE_A: bool = false;
 override TRANSPOSE_B: bool = false;
+override TEXTURE_OPERANDS: bool = false;
+override TEXTURE_WIDTH: u32 = 4096u;
 
 struct Params {
   m: u32,
@@ -66,6 +74,8 @@ struct CopyParams {
 @group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
+@group(0) @binding(8) var a_texture: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(9) var b_texture: texture_storage_2d<rgba32float, read>;
 
 // Used by `copy_padded` only (an entry point's bindings may share numbers with another's).
 @group(0) @binding(0) var<uniform> copy_params: CopyParams;
@@ -92,6 +102,21 @@ struct Panel {
   q3: mat4x4<f32>,
 }
 
+// The i-th vec4 of a or b, from the texture or the buffer.
+fn a_quad(i: u32) -> vec4<f32> {
+  if (TEXTURE_OPERANDS) {
+    return textureLoad(a_texture, vec2<u32>(i % TEXTURE_WIDTH, i / TEXTURE_WIDTH));
+  }
+  return a[i];
+}
+
+fn b_quad(i: u32) -> vec4<f32> {
+  if (TEXTURE_OPERANDS) {
+    return textureLoad(b_texture, vec2<u32>(i % TEXTURE_WIDTH, i / TEXTURE_WIDTH));
+  }
+  return b[i];
+}
+
 // op(A) rows row0 .. row0 + 3 (row0 a multiple of 4) at k-quad kq: column r holds
 // A[row0 + r, 4 kq .. 4 kq + 3]. Rows past M repeat row M - 1 (or the last quad of rows).
 fn load_a_block(base: u32, row0: u32, kq: u32) -> mat4x4<f32> {
@@ -101,18 +126,18 @@ fn load_a_block(base: u32, row0: u32, kq: u32) -> mat4x4<f32> {
     let quad = base + min(row0 / 4u, lda4 - 1u);
     let k0 = kq * 4u;
     return transpose(mat4x4<f32>(
-      a[quad + k0 * lda4],
-      a[quad + (k0 + 1u) * lda4],
-      a[quad + (k0 + 2u) * lda4],
-      a[quad + (k0 + 3u) * lda4],
+      a_quad(quad + k0 * lda4),
+      a_quad(quad + (k0 + 1u) * lda4),
+      a_quad(quad + (k0 + 2u) * lda4),
+      a_quad(quad + (k0 + 3u) * lda4),
     ));
   }
   let last = params.m - 1u;
   return mat4x4<f32>(
-    a[base + min(row0, last) * lda4 + kq],
-    a[base + min(row0 + 1u, last) * lda4 + kq],
-    a[base + min(row0 + 2u, last) * lda4 + kq],
-    a[base + min(row0 + 3u, last) * lda4 + kq],
+    a_quad(base + min(row0, last) * lda4 + kq),
+    a_quad(base + min(row0 + 1u, last) * lda4 + kq),
+    a_quad(base + min(row0 + 2u, last) * lda4 + kq),
+    a_quad(base + min(row0 + 3u, last) * lda4 + kq),
   );
 }
 
@@ -124,19 +149,19 @@ fn load_b_block(base: u32, kq: u32, col0: u32) -> mat4x4<f32> {
     // [N, K]: one vec4 holds 4 k of one column, so read 4 columns and transpose.
     let last = params.n - 1u;
     return transpose(mat4x4<f32>(
-      b[base + min(col0, last) * ldb4 + kq],
-      b[base + min(col0 + 1u, last) * ldb4 + kq],
-      b[base + min(col0 + 2u, last) * ldb4 + kq],
-      b[base + min(col0 + 3u, last) * ldb4 + kq],
+      b_quad(base + min(col0, last) * ldb4 + kq),
+      b_quad(base + min(col0 + 1u, last) * ldb4 + kq),
+      b_quad(base + min(col0 + 2u, last) * ldb4 + kq),
+      b_quad(base + min(col0 + 3u, last) * ldb4 + kq),
     ));
   }
   let quad = base + min(col0 / 4u, ldb4 - 1u);
   let k0 = kq * 4u;
   return mat4x4<f32>(
-    b[quad + k0 * ldb4],
-    b[quad + (k0 + 1u) * ldb4],
-    b[quad + (k0 + 2u) * ldb4],
-    b[quad + (k0 + 3u) * ldb4],
+    b_quad(quad + k0 * ldb4),
+    b_quad(quad + (k0 + 1u) * ldb4),
+    b_quad(quad + (k0 + 2u) * ldb4),
+    b_quad(quad + (k0 + 3u) * ldb4),
   );
 }
 

@@ -116,13 +116,27 @@ export interface Kernel {
 /** Anything that can be bound as a storage buffer. */
 export type Bindable = Tensor | GPUBuffer;
 
+/**
+ * Texels per row of an operand texture (see {@link Gpu.operandTexture}): vec4 number i of a tensor
+ * sits at texel (i % OPERAND_TEXTURE_WIDTH, i / OPERAND_TEXTURE_WIDTH). A power of two, so kernels
+ * address it with a mask and a shift; rows of 64 KiB satisfy copyBufferToTexture's 256-byte rule.
+ */
+export const OPERAND_TEXTURE_WIDTH = 4096;
+
+/** A tensor's contents in a pooled texture; `release` returns the texture to the pool. */
+export interface OperandTexture {
+  view: GPUTextureView;
+  release(): void;
+}
+
 /** One dispatch: what to bind and how many workgroups. */
 export interface DispatchArgs {
   /** Small parameters bound as a uniform at binding 0 (u32/i32/f32 packed by the wrapper). */
   uniforms?: ArrayBuffer | ArrayBufferView;
   /** Storage buffers, bound at 1, 2, ... in order; `null` leaves that binding number unused
-   * (for entry points of a shared file that do not touch every buffer). */
-  storage: (Bindable | null)[];
+   * (for entry points of a shared file that do not touch every buffer). A texture view binds as
+   * a texture resource (e.g. a read-only storage texture from {@link Gpu.operandTexture}). */
+  storage: (Bindable | GPUTextureView | null)[];
   /** Workgroup counts (x, y, z). */
   workgroups: [number, number?, number?];
 }
@@ -158,6 +172,8 @@ export class Gpu {
   onDispatch?: (name: string, pass: GPUComputePassDescriptor) => void;
 
   private pipelines = new Map<string, Kernel>();
+  private freeTextures = new Map<string, GPUTexture[]>();
+  private placeholderView: GPUTextureView | undefined;
   private modules = new Map<string, GPUShaderModule>();
   private encoder: GPUCommandEncoder | undefined;
   private encodedSinceFlush = 0;
@@ -267,6 +283,10 @@ export class Gpu {
     }
     args.storage.forEach((b, i) => {
       if (b === null) return;
+      if (b instanceof GPUTextureView) {
+        entries.push({ binding: i + 1, resource: b });
+        return;
+      }
       const buffer = b instanceof Tensor ? b.buffer : b;
       if (b instanceof Tensor) {
         entries.push({
@@ -414,6 +434,80 @@ export class Gpu {
     const t = this.empty(shape, dtype);
     t.write(data);
     return t;
+  }
+
+  /** Whether {@link operandTexture} can take `t`: f32, 16-byte aligned, within the size limit. */
+  fitsOperandTexture(t: Tensor): boolean {
+    const texels = Math.max(1, Math.ceil(t.size / 4));
+    const maxRows = this.limits.maxTextureDimension2D;
+    return t.dtype === "f32" && t.byteOffset % 16 === 0 &&
+      t.byteOffset + texels * 16 <= t.buffer.size &&
+      OPERAND_TEXTURE_WIDTH <= maxRows && texels <= OPERAND_TEXTURE_WIDTH * maxRows;
+  }
+
+  /**
+   * Copy a f32 tensor into a pooled `rgba32float` texture (STORAGE_BINDING), laid out as its vec4
+   * in order, {@link OPERAND_TEXTURE_WIDTH} per row; texels past the end are unspecified. On CPU
+   * adapters (lavapipe) a kernel's per-lane texture loads cost about a third of storage-buffer
+   * loads. The copy is ordered after work already encoded; release once the reading dispatch is
+   * encoded (like tensors, later work sees the texture reused, earlier work its contents).
+   */
+  operandTexture(t: Tensor): OperandTexture {
+    if (!this.fitsOperandTexture(t)) {
+      throw new Error(
+        `operandTexture: tensor [${t.shape}] (${t.dtype}, byte offset ${t.byteOffset}) does not ` +
+          "fit an rgba32float texture (see fitsOperandTexture)",
+      );
+    }
+    const texels = Math.max(1, Math.ceil(t.size / 4));
+    const width = OPERAND_TEXTURE_WIDTH;
+    const height = Math.ceil(texels / width);
+    const key = `${width}x${height}`;
+    const texture = this.freeTextures.get(key)?.pop() ?? this.device.createTexture({
+      label: `operand-texture-${key}`,
+      size: [width, height],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+    });
+    const encoder = this.currentEncoder();
+    const fullRows = Math.floor(texels / width);
+    const rest = texels % width;
+    if (fullRows > 0) {
+      encoder.copyBufferToTexture(
+        { buffer: t.buffer, offset: t.byteOffset, bytesPerRow: width * 16, rowsPerImage: fullRows },
+        { texture },
+        [width, fullRows],
+      );
+    }
+    if (rest > 0) {
+      encoder.copyBufferToTexture(
+        { buffer: t.buffer, offset: t.byteOffset + fullRows * width * 16, bytesPerRow: width * 16 },
+        { texture, origin: [0, fullRows] },
+        [rest, 1],
+      );
+    }
+    let released = false;
+    return {
+      view: texture.createView(),
+      release: () => {
+        if (released) return;
+        released = true;
+        const list = this.freeTextures.get(key) ?? [];
+        list.push(texture);
+        this.freeTextures.set(key, list);
+      },
+    };
+  }
+
+  /** A 1x1 `rgba32float` storage texture to bind where a kernel's texture operand is unused. */
+  placeholderTexture(): GPUTextureView {
+    this.placeholderView ??= this.device.createTexture({
+      label: "placeholder-texture",
+      size: [1, 1],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING,
+    }).createView();
+    return this.placeholderView;
   }
 
   /** Destroy the device (tests and tools that exit). */

@@ -13,6 +13,8 @@ export interface TrainConfig {
   preset: string;
   /** Human-readable departures from METHOD.md (empty for the paper's recipe). */
   deviations: string[];
+  /** Command-line flags that changed the preset (written to config.json with the rest). */
+  overrides?: Record<string, string | boolean>;
   arch: Arch;
   /** Stage widths (torchvision: 64, 128, 256, 512). */
   widths: [number, number, number, number];

@@ -44,7 +44,8 @@ Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2
   --data DIR           dataset directory (folder: one sub-folder per class)
   --image-size N       training resolution
   --epochs N           epochs over the training split
-  --steps N            stop after N optimizer steps (overrides --epochs)
+  --steps N            stop after N optimizer steps (overrides --epochs; 0 evaluates the
+                       untrained network: the random-init baseline)
   --batch N            images per micro-batch (negatives come from one micro-batch)
   --accum N            micro-batches per optimizer step (gradient accumulation)
   --lr X               base learning rate
@@ -127,6 +128,11 @@ export function resolveConfig(flags: Flags): TrainConfig {
     );
   }
   const config: TrainConfig = structuredClone(preset);
+  config.overrides = Object.fromEntries(
+    Object.entries(flags).filter(([name, value]) =>
+      value !== undefined && !["preset", "out", "help", "profile"].includes(name)
+    ),
+  ) as Record<string, string | boolean>;
   const str = (name: string) => flags[name] as string | undefined;
   config.arch = oneOf("arch", str("arch"), ARCHS) ?? config.arch;
   config.dataset = oneOf("dataset", str("dataset"), DATASETS) ?? config.dataset;
@@ -134,7 +140,7 @@ export function resolveConfig(flags: Flags): TrainConfig {
   config.imageSize = positiveInt("image-size", str("image-size")) ?? config.imageSize;
   config.epochs = positiveInt("epochs", str("epochs")) ?? config.epochs;
   if (str("epochs") !== undefined) config.steps = undefined;
-  config.steps = positiveInt("steps", str("steps")) ?? config.steps;
+  config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
   const batch = positiveInt("batch", str("batch"));
   if (batch !== undefined && batch !== config.batch && str("lr") === undefined) {
     config.lr = config.lr * batch / config.batch; // METHOD.md's linear scaling
@@ -347,6 +353,9 @@ async function main(): Promise<number> {
       } epochs), run directory ${outDir}`,
       ...(config.deviations.length > 0
         ? ["departures from METHOD.md:", ...config.deviations.map((d) => `  - ${d}`)]
+        : []),
+      ...(Object.keys(config.overrides ?? {}).length > 0
+        ? [`flags over the preset: ${JSON.stringify(config.overrides)}`]
         : []),
     ].join("\n"),
   );

@@ -4,10 +4,12 @@ import {
   conv2dBiasGrad,
   conv2dForward,
   conv2dInputGrad,
+  type Conv2dOperands,
   conv2dOutputSize,
   type Conv2dShape,
   type Conv2dStaging,
   conv2dWeightGrad,
+  setConv2dOperands,
   setConv2dStaging,
 } from "../kernels/conv2d.ts";
 
@@ -264,13 +266,22 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
   },
 ];
 
-/** Run `body` with the kernels feeding their tiles the given way, then restore the default. */
-async function withStaging(mode: Conv2dStaging, body: () => Promise<void>): Promise<void> {
+/**
+ * Run `body` with the kernels feeding their tiles the given way and reading their operands from
+ * the given source, then restore the defaults.
+ */
+async function withStaging(
+  mode: Conv2dStaging,
+  operands: Conv2dOperands,
+  body: () => Promise<void>,
+): Promise<void> {
   setConv2dStaging(mode);
+  setConv2dOperands(operands);
   try {
     await body();
   } finally {
     setConv2dStaging("auto");
+    setConv2dOperands("auto");
   }
 }
 
@@ -282,19 +293,29 @@ for (const c of cases) {
   });
 }
 
-// "auto" picks direct loads on this CPU adapter; the workgroup-memory path (what GPUs run) gets
-// the cases that exercise its edges: split-K, stride phases with odd sizes, the Cin = 3 stem,
-// scalar channel paths.
-for (const c of [cases[1], cases[2], cases[4], cases[6]]) {
-  Deno.test({
-    name: `conv2d: workgroup-memory tiles: ${c.name} (${describe(c.shape)})`,
-    ...gpuTest,
-    fn: () =>
-      withStaging(
-        "workgroup",
-        () => checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 17 + c.shape.outChannels),
-      ),
-  });
+// "auto" picks direct loads from textures on this CPU adapter; the workgroup-memory path with
+// buffer operands (what GPUs run) and direct loads from buffers (CPU adapters, operands too big
+// for a texture) get the cases that exercise their edges: split-K, stride phases with odd sizes,
+// the Cin = 3 stem, scalar channel paths.
+const variants = [
+  { staging: "workgroup", operands: "buffer", cases: [cases[1], cases[2], cases[4], cases[6]] },
+  { staging: "direct", operands: "buffer", cases: [cases[2], cases[6]] },
+] as const;
+for (const { staging, operands, cases: some } of variants) {
+  for (const c of some) {
+    const label = staging === "workgroup" ? "workgroup-memory tiles" : "direct loads";
+    Deno.test({
+      name: `conv2d: ${label}, ${operands} operands: ${c.name} (${describe(c.shape)})`,
+      ...gpuTest,
+      fn: () =>
+        withStaging(
+          staging,
+          operands,
+          () =>
+            checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 17 + c.shape.outChannels),
+        ),
+    });
+  }
 }
 
 Deno.test({

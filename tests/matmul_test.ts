@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import { matmul, type MatmulOptions } from "../kernels/matmul.ts";
+import {
+  matmul,
+  type MatmulOperands,
+  type MatmulOptions,
+  setMatmulOperands,
+} from "../kernels/matmul.ts";
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
 
 // Inputs are uniform in [-1, 1]; an f32 dot product of K terms drifts from the float64 reference
@@ -95,15 +100,23 @@ async function check(gpu: Gpu, c: Case, seed: number): Promise<void> {
   for (const t of [ta, tb, tBias, out]) t?.release();
 }
 
+/** Test the cases with operands read from storage buffers and from textures (both paths). */
 function runCases(title: string, cases: Case[]): void {
-  Deno.test({
-    name: `matmul: ${title}: ${cases.map(caseName).join("; ")}`,
-    ...gpuTest,
-    fn: async () => {
-      const gpu = await testGpu();
-      for (const [i, c] of cases.entries()) await check(gpu, c, 1000 + i);
-    },
-  });
+  for (const mode of ["buffer", "texture"] as MatmulOperands[]) {
+    Deno.test({
+      name: `matmul (${mode} operands): ${title}: ${cases.map(caseName).join("; ")}`,
+      ...gpuTest,
+      fn: async () => {
+        const gpu = await testGpu();
+        setMatmulOperands(mode);
+        try {
+          for (const [i, c] of cases.entries()) await check(gpu, c, 1000 + i);
+        } finally {
+          setMatmulOperands("auto");
+        }
+      },
+    });
+  }
 }
 
 // Shapes: a single element; odd sizes (every operand read element by element, k tail);
@@ -117,6 +130,8 @@ const shapes: [number, number, number][] = [
   [3, 5, 4096],
   [1, 64, 33],
   [65, 1, 16],
+  // Operands over one texture row (4096 vec4): whole rows plus a partial one.
+  [130, 20, 260],
 ];
 for (const form of FORMS) {
   runCases(`${form} shapes`, shapes.map(([m, n, k]) => ({ m, n, k, form })));
