@@ -60,7 +60,8 @@ export interface BudgetPreset extends Budget {
  * it: widths 8/16/32/64 at batch 128 take 2.5-3.6 s per step; each train.ts subprocess spends
  * 30-60 s (pipeline compilation, data) before its first step and ~20 s more before its first
  * evaluation; feature extraction runs at ~500 images/s. Default: ~45 + 100 x 3 + 4 x 14 + 20 s
- * ≈ 7 min a run; quick: 93-118 s a run measured, plus ~40 s for the random-init evaluation.
+ * ≈ 7 min a run (estimated); quick, measured at a load average of 4-5: 7 runs of 93-127 s plus
+ * 41 s for the random-init evaluation, about 14 minutes in all.
  */
 export const BUDGETS: Record<"default" | "quick", BudgetPreset> = {
   default: {
@@ -74,7 +75,7 @@ export const BUDGETS: Record<"default" | "quick", BudgetPreset> = {
     seeds: 3,
     runs: "runs/experiment",
     report: "EXPERIMENTS.md",
-    sizedFor: "about 2.5 hours (7 methods x 3 seeds, ~7.5 min a run)",
+    sizedFor: "~2.5 h estimated: 21 runs of 7-8 min, nearer 3 h on a shared machine",
   },
   quick: {
     widths: [8, 16, 32, 64],
@@ -87,7 +88,7 @@ export const BUDGETS: Record<"default" | "quick", BudgetPreset> = {
     seeds: 1,
     runs: "runs/experiment-quick",
     report: "runs/experiment-quick/EXPERIMENTS.md",
-    sizedFor: "about 13 minutes (7 methods x 1 seed, ~1.8 min a run)",
+    sizedFor: "~14 min measured: 7 runs of 93-127 s + 41 s random init",
   },
 };
 
@@ -203,7 +204,7 @@ Methods (--methods, default: all but the last):
 Budgets (flags below override either):
   default  ResNet-18 widths ${BUDGETS.default.widths}, batch ${BUDGETS.default.batch}, ${BUDGETS.default.steps} steps, kNN every ${BUDGETS.default.evalEvery} steps,
            bank ${BUDGETS.default.evalBank} / test ${BUDGETS.default.evalTest}, probe ${BUDGETS.default.probeEpochs} epochs, ${BUDGETS.default.seeds} seeds;
-           ${BUDGETS.default.sizedFor} on a 2-core lavapipe CPU adapter
+           ${BUDGETS.default.sizedFor} (2-core lavapipe CPU adapter)
            -> ${BUDGETS.default.runs}/, ${BUDGETS.default.report}
   --quick  widths ${BUDGETS.quick.widths}, batch ${BUDGETS.quick.batch}, ${BUDGETS.quick.steps} steps, kNN every ${BUDGETS.quick.evalEvery} steps,
            bank ${BUDGETS.quick.evalBank} / test ${BUDGETS.quick.evalTest}, probe ${BUDGETS.quick.probeEpochs} epochs, ${BUDGETS.quick.seeds} seed;
@@ -700,6 +701,10 @@ function cell(stat: Stat | undefined): string {
   return stat.n > 1 ? `${pct(stat.mean)} ± ${pct(stat.std)}` : pct(stat.mean);
 }
 
+function minutes(seconds: number): string {
+  return `${(seconds / 60).toFixed(1)} min`;
+}
+
 function secondsCell(stat: Stat | undefined): string {
   if (!stat) return "—";
   return stat.n > 1 ? `${stat.mean.toFixed(0)} ± ${stat.std.toFixed(0)}` : stat.mean.toFixed(0);
@@ -773,7 +778,7 @@ export interface ReportInput {
   lr: number;
   methods: Method[];
   runs: RunRecord[];
-  randomInit: { seed: number; knnTop1: number; linearTop1: number | null }[];
+  randomInit: { seed: number; knnTop1: number; linearTop1: number | null; seconds?: number }[];
   classes: number;
   command: string;
   plotFile: string;
@@ -880,6 +885,11 @@ export function buildReport(input: ReportInput): string {
     `- Runs: ${finished} of ${methods.length * budget.seeds} finished` +
     (failed.length ? `, ${failed.length} failed` : "") +
     (adapters.length ? `; adapter: ${adapters.join(", ")}` : "") + ".",
+    `- Time: ${minutes(input.runs.reduce((sum, r) => sum + (r.processSeconds ?? 0), 0))} in ` +
+    `train.ts subprocesses, ${
+      minutes(input.randomInit.reduce((t, r) => t + (r.seconds ?? 0), 0))
+    } ` +
+    "evaluating the random init.",
     "- Reproduce:",
     "",
     "```sh",
@@ -1008,7 +1018,7 @@ function discussion(
   for (const baseline of ["byol", "infonce"]) {
     const other = byId.get(baseline);
     if (!triplet?.finalKnn || !other?.finalKnn) continue;
-    let text = `The paper's comparison, final kNN: ` +
+    let text = `The paper's comparison with ${other.method.label}, final kNN: ` +
       compare(triplet.method.label, triplet.finalKnn, other.method.label, other.finalKnn) + ".";
     const shared = evalSteps.filter((s) => triplet.knnAt.has(s) && other.knnAt.has(s));
     if (shared.length > 1) {
