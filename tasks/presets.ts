@@ -85,8 +85,8 @@ export const PRESETS: Record<string, TrainConfig> = {
       "batch 64 on one device; lr 3.0 (METHOD.md's scaling gives 4.8*64/4096 = 0.075): LARS moves " +
       "each tensor by about lr*eta of its norm per step, so a run of a few hundred steps needs a " +
       "larger lr to move at all; warm-up 0.05 epochs (~47 steps) instead of 10 epochs",
-      "300 steps (~0.3 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
-      "CPU through lavapipe",
+      "300 steps (~0.32 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
+      "CPU through lavapipe; kNN at step 150 and at the end (each evaluation costs ~70 s)",
       "smoothed rank-k window [11, 19] instead of [2, 10]: with 10 classes a batch of 64 holds " +
       "~6.3 same-class (false) negatives per image, so ranks 2-10 are mostly false negatives; " +
       "bernoulliK(10, 64, 0.05) = 11 is the first rank that is a true negative with probability " +
