@@ -110,6 +110,28 @@ function kernel(
   return gpu.kernel("batchnorm", { entryPoint, constants });
 }
 
+/**
+ * The elementwise passes (normalize, input_grad): the vec4 variant when the channel count allows
+ * (a quarter of the loads), otherwise the scalar one; with the matching grid.
+ */
+function elementwisePass(
+  gpu: Gpu,
+  entryPoint: "normalize" | "input_grad",
+  constants: Record<string, number>,
+  s: BatchNormShape,
+): { kernel: Kernel; workgroups: [number, number] } {
+  if (s.channels % 4 === 0) {
+    return {
+      kernel: gpu.kernel("batchnorm_vec4", { entryPoint, constants }),
+      workgroups: grid1d(
+        Math.ceil(s.rows * s.channels / 4096),
+        gpu.limits.maxComputeWorkgroupsPerDimension,
+      ),
+    };
+  }
+  return { kernel: kernel(gpu, entryPoint, constants), workgroups: elementwiseGrid(gpu, s) };
+}
+
 function checkShape(name: string, s: BatchNormShape, minRows: number): void {
   if (!Number.isInteger(s.rows) || s.rows < minRows) {
     throw new Error(
@@ -193,10 +215,16 @@ export function batchNormTrainForward(
     storage: storage({ partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar }),
     workgroups: [layout.channelTiles],
   });
-  gpu.dispatch(kernel(gpu, "normalize", { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 0 }), {
+  const pass = elementwisePass(
+    gpu,
+    "normalize",
+    { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 0 },
+    s,
+  );
+  gpu.dispatch(pass.kernel, {
     uniforms: params,
     storage: storage({ x, gamma, beta, mean: saveMean, invStd: saveInvStd, y }),
-    workgroups: elementwiseGrid(gpu, s),
+    workgroups: pass.workgroups,
   });
   partials.release();
 }
@@ -217,10 +245,16 @@ export function batchNormEvalForward(
   checkShape(name, s, 1);
   checkSizes(name, s, { x, gamma, beta, runningMean, runningVar, y });
   checkNotInPlace(name, ["y", y], { x, gamma, beta });
-  gpu.dispatch(kernel(gpu, "normalize", { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 1 }), {
+  const pass = elementwisePass(
+    gpu,
+    "normalize",
+    { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 1 },
+    s,
+  );
+  gpu.dispatch(pass.kernel, {
     uniforms: uniforms(s),
     storage: storage({ x, gamma, beta, mean: runningMean, invStd: runningVar, y }),
-    workgroups: elementwiseGrid(gpu, s),
+    workgroups: pass.workgroups,
   });
 }
 
@@ -280,7 +314,8 @@ export function batchNormBackward(
       workgroups: [layout.channelTiles],
     },
   );
-  gpu.dispatch(kernel(gpu, "input_grad", { RELU: relu }), {
+  const pass = elementwisePass(gpu, "input_grad", { RELU: relu }, s);
+  gpu.dispatch(pass.kernel, {
     uniforms: params,
     storage: storage({
       x,
@@ -292,7 +327,7 @@ export function batchNormBackward(
       gradSums,
       dx,
     }),
-    workgroups: elementwiseGrid(gpu, s),
+    workgroups: pass.workgroups,
   });
   partials.release();
   gradSums.release();
