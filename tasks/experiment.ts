@@ -13,8 +13,8 @@ import { Context } from "../models/layers.ts";
 import { ResNet } from "../models/resnet.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
 import { bernoulliK, binomialTail } from "../models/bernoulli.ts";
-import { type Dataset, DatasetError, loadDataset } from "../data/dataset.ts";
-import { resolveConfig } from "./train.ts";
+import type { Dataset } from "../data/dataset.ts";
+import { evaluationOptions, loadSplit, resolveConfig } from "./train.ts";
 import type { TrainConfig } from "./presets.ts";
 import {
   finiteNumber,
@@ -526,19 +526,6 @@ interface InitRecord {
   seconds: number;
 }
 
-async function loadSplit(config: TrainConfig, split: "train" | "test"): Promise<Dataset> {
-  try {
-    return await loadDataset(config.dataset, {
-      dir: config.data,
-      split,
-      imageSize: config.imageSize,
-    });
-  } catch (e) {
-    if (e instanceof DatasetError) throw new UserError(e.message);
-    throw e;
-  }
-}
-
 /**
  * The random-init baseline: the backbone every method starts from (a Branch builds its ResNet
  * first from `new Rng(seed)`, so the same seed and config give the same weights), evaluated in
@@ -568,17 +555,13 @@ async function randomInitBaselines(options: Options, compute: boolean): Promise<
         widths: config.widths,
       }, new Rng(config.seed));
       console.log(`[random init seed ${seed}] evaluating the untrained backbone`);
-      const result = await evaluateBackbone(gpu, backbone, splits.train, splits.test, {
-        knnK: config.knnK,
-        knnTemperature: config.knnTemperature,
-        bankSize: config.knnBankSize,
-        testSize: config.evalTestSize,
-        probeEpochs: config.probeEpochs,
-        probeLr: config.probeLr,
-        probeBatch: config.probeBatch,
-        seed: config.seed,
-        batchSize: 256,
-      });
+      const result = await evaluateBackbone(
+        gpu,
+        backbone,
+        splits.train,
+        splits.test,
+        evaluationOptions(config, true),
+      );
       const record: InitRecord = {
         seed,
         trainArgs,

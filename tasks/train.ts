@@ -15,7 +15,11 @@ import { learningRateAt } from "../models/schedule.ts";
 import { parameterCount } from "../models/resnet.ts";
 import { checkBatchFits } from "../models/memory.ts";
 import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
-import { evaluateBackbone, type EvaluationResult } from "../models/evaluate.ts";
+import {
+  evaluateBackbone,
+  type EvaluationOptions,
+  type EvaluationResult,
+} from "../models/evaluate.ts";
 import { bernoulliK } from "../models/bernoulli.ts";
 import {
   finiteNumber,
@@ -223,7 +227,11 @@ function modelConfig(config: TrainConfig, channels: number): SslModelConfig {
   };
 }
 
-async function loadSplit(config: TrainConfig, split: "train" | "test"): Promise<Dataset> {
+/** A split of the configured dataset; a dataset problem becomes a one-line user error. */
+export async function loadSplit(
+  config: TrainConfig,
+  split: "train" | "test",
+): Promise<Dataset> {
   try {
     return await loadDataset(config.dataset, {
       dir: config.data,
@@ -560,6 +568,21 @@ function toMicroBatch(batch: Batch): MicroBatch {
   return { view1: online[0], view2: online[1], targetView1: target[0], targetView2: target[1] };
 }
 
+/** The kNN monitor and linear probe settings of a run (the probe only when `withProbe`). */
+export function evaluationOptions(config: TrainConfig, withProbe: boolean): EvaluationOptions {
+  return {
+    knnK: config.knnK,
+    knnTemperature: config.knnTemperature,
+    bankSize: config.knnBankSize,
+    testSize: config.evalTestSize,
+    probeEpochs: withProbe ? config.probeEpochs : 0,
+    probeLr: config.probeLr,
+    probeBatch: config.probeBatch,
+    seed: config.seed,
+    batchSize: 256,
+  };
+}
+
 async function evaluateAndLog(
   gpu: Gpu,
   ssl: SslModel,
@@ -571,17 +594,14 @@ async function evaluateAndLog(
   metricsPath: string,
   progress: Progress,
 ): Promise<EvaluationResult> {
-  const result = await evaluateBackbone(gpu, ssl.online.backbone, train, test, {
-    knnK: config.knnK,
-    knnTemperature: config.knnTemperature,
-    bankSize: config.knnBankSize,
-    testSize: config.evalTestSize,
-    probeEpochs: withProbe ? config.probeEpochs : 0,
-    probeLr: config.probeLr,
-    probeBatch: config.probeBatch,
-    seed: config.seed,
-    batchSize: 256,
-  }, (what, done, total) => progress.update(`eval at step ${step}: ${what} ${done}/${total}`));
+  const result = await evaluateBackbone(
+    gpu,
+    ssl.online.backbone,
+    train,
+    test,
+    evaluationOptions(config, withProbe),
+    (what, done, total) => progress.update(`eval at step ${step}: ${what} ${done}/${total}`),
+  );
   await appendLine(metricsPath, {
     step,
     knnTop1: result.knnTop1,
