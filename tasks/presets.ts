@@ -27,6 +27,8 @@ export interface TrainConfig {
   imageSize: number;
   /** Augmentation recipe: METHOD.md's ImageNet views or the small grayscale variant. */
   augment: "imagenet" | "small";
+  /** Smallest crop area fraction, replacing the recipe's (undefined: the recipe's own). */
+  cropScaleMin?: number;
   /** Per-branch random batch rescale of the released code. */
   randomRescale: boolean;
   /** Images per micro-batch (negatives come from one micro-batch). */
@@ -78,15 +80,18 @@ export const PRESETS: Record<string, TrainConfig> = {
   small: {
     preset: "small",
     deviations: [
-      "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 16/32/64/128, " +
-      "to train in minutes on a CPU adapter",
-      "28x28 grayscale Fashion-MNIST: colour ops are no-ops, crop scale from 0.3 instead of 0.08",
-      "projector/predictor 128 -> 512 -> 64 (METHOD.md: 2048 -> 4096 -> 256), scaled with the backbone",
+      "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 8/16/32/64 " +
+      "(torchvision: 64/128/256/512), to train ~750 steps in minutes on a CPU adapter",
+      "28x28 grayscale Fashion-MNIST: colour ops are no-ops; crop scale from 0.6 instead of 0.08 " +
+      "(a short run learns faster from milder crops: kNN 68.5% vs 66.8% at 200 steps with 0.3)",
+      "projector/predictor 64 -> 512 -> 64 (METHOD.md: 2048 -> 4096 -> 256), scaled with the backbone",
       "batch 64 on one device; lr 3.0 (METHOD.md's scaling gives 4.8*64/4096 = 0.075): LARS moves " +
       "each tensor by about lr*eta of its norm per step, so a run of a few hundred steps needs a " +
       "larger lr to move at all; warm-up 0.05 epochs (~47 steps) instead of 10 epochs",
-      "300 steps (~0.32 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
-      "CPU through lavapipe; kNN at step 150 and at the end (each evaluation costs ~70 s)",
+      "EMA base momentum 0.9 instead of 0.99: a 750-step run cannot wait ~100 steps for the target " +
+      "to follow the online network (kNN 69.7% vs 68.5% at 200 steps with crop 0.6)",
+      "750 steps (~0.8 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
+      "CPU through lavapipe; kNN every 250 steps",
       "smoothed rank-k window [11, 19] instead of [2, 10]: with 10 classes a batch of 64 holds " +
       "~6.3 same-class (false) negatives per image, so ranks 2-10 are mostly false negatives; " +
       "bernoulliK(10, 64, 0.05) = 11 is the first rank that is a true negative with probability " +
@@ -94,29 +99,30 @@ export const PRESETS: Record<string, TrainConfig> = {
       "linear probe and kNN on a subset of the training split to fit the time budget",
     ],
     arch: "resnet18",
-    widths: [16, 32, 64, 128],
+    widths: [8, 16, 32, 64],
     smallImage: true,
     dataset: "fashion-mnist",
     imageSize: 28,
     augment: "small",
+    cropScaleMin: 0.6,
     randomRescale: false,
     batch: 64,
     accum: 1,
     epochs: 1,
-    steps: 300,
+    steps: 750,
     lr: 3.0,
     warmupEpochs: 0.05,
     momentum: 0.9,
     weightDecay: 1e-6,
     eta: 0.001,
-    emaBase: 0.99,
+    emaBase: 0.9,
     projectorHidden: 512,
     projectorOut: 64,
     predictorHidden: 512,
     loss: { ...TRIPLET_DEFAULT, window: [11, 19] },
     seed: 0,
     logEvery: 10,
-    evalEvery: 150,
+    evalEvery: 250,
     knnK: 200,
     knnTemperature: 0.1,
     knnBankSize: 10000,

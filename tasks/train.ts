@@ -8,7 +8,7 @@ import { acquireGpu, type Gpu, type Tensor } from "../runtime/gpu.ts";
 import { type Dataset, DatasetError, loadDataset } from "../data/dataset.ts";
 import { Augmenter } from "../data/augment.ts";
 import { type Batch, BatchLoader } from "../data/loader.ts";
-import { imagenetViews, smallDataViews } from "../data/augment_config.ts";
+import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augment_config.ts";
 import { type MicroBatch, SslModel, type SslModelConfig } from "../models/ssl.ts";
 import { momentumAt } from "../kernels/ema.ts";
 import { learningRateAt } from "../models/schedule.ts";
@@ -53,6 +53,9 @@ Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2
   --batch N            images per micro-batch (negatives come from one micro-batch)
   --accum N            micro-batches per optimizer step (gradient accumulation)
   --lr X               base learning rate
+  --warmup-epochs X    linear learning-rate warm-up length, in epochs
+  --ema-base X         target EMA momentum at step 0 (rises to 1 on a cosine; in [0, 1))
+  --crop-scale X       smallest area fraction of the random resized crop (0 < X <= 1)
   --loss NAME          ${LOSSES.join(" | ")}
   --window A,B         smoothed rank-k window of negatives (triplet; default 2,10)
   --k N                rank of the negative deputy (rank-k)
@@ -94,6 +97,9 @@ function parseFlags(args: string[]): Flags {
         batch: { type: "string" },
         accum: { type: "string" },
         lr: { type: "string" },
+        "warmup-epochs": { type: "string" },
+        "ema-base": { type: "string" },
+        "crop-scale": { type: "string" },
         loss: { type: "string" },
         window: { type: "string" },
         k: { type: "string" },
@@ -152,6 +158,18 @@ export function resolveConfig(flags: Flags): TrainConfig {
   config.batch = batch ?? config.batch;
   config.accum = positiveInt("accum", str("accum")) ?? config.accum;
   config.lr = finiteNumber("lr", str("lr")) ?? config.lr;
+  config.warmupEpochs = finiteNumber("warmup-epochs", str("warmup-epochs")) ?? config.warmupEpochs;
+  if (!(config.warmupEpochs >= 0)) {
+    throw new UserError(`--warmup-epochs must be >= 0, got ${config.warmupEpochs}`);
+  }
+  config.emaBase = finiteNumber("ema-base", str("ema-base")) ?? config.emaBase;
+  if (!(config.emaBase >= 0 && config.emaBase < 1)) {
+    throw new UserError(`--ema-base must be in [0, 1), got ${config.emaBase}`);
+  }
+  config.cropScaleMin = finiteNumber("crop-scale", str("crop-scale")) ?? config.cropScaleMin;
+  if (config.cropScaleMin !== undefined && !(config.cropScaleMin > 0 && config.cropScaleMin <= 1)) {
+    throw new UserError(`--crop-scale must be in (0, 1], got ${config.cropScaleMin}`);
+  }
   config.seed = nonNegativeInt("seed", str("seed")) ?? config.seed;
   config.evalEvery = nonNegativeInt("eval-every", str("eval-every")) ?? config.evalEvery;
   config.logEvery = positiveInt("log-every", str("log-every")) ?? config.logEvery;
@@ -210,6 +228,15 @@ export function resolveConfig(flags: Flags): TrainConfig {
     throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
   }
   return config;
+}
+
+/** The run's augmentation: the preset's recipe with its crop scale applied. */
+export function augmentConfig(config: TrainConfig): AugmentConfig {
+  const views = config.augment === "imagenet" ? imagenetViews() : smallDataViews(config.imageSize);
+  if (config.cropScaleMin !== undefined) {
+    for (const view of views.views) view.crop.scale[0] = config.cropScaleMin;
+  }
+  return views;
 }
 
 function modelConfig(config: TrainConfig, channels: number): SslModelConfig {
@@ -383,12 +410,7 @@ async function main(): Promise<number> {
     await Deno.writeTextFile(paths.metrics, "");
   }
 
-  const augmenter = new Augmenter(
-    gpu,
-    config.augment === "imagenet" ? imagenetViews() : smallDataViews(config.imageSize),
-    train,
-    config.imageSize,
-  );
+  const augmenter = new Augmenter(gpu, augmentConfig(config), train, config.imageSize);
   if (!config.randomRescale) delete augmenter.config.rescale;
   // One loader step per micro-batch: each has its own shuffle slice and augmentation stream.
   const loader = new BatchLoader(gpu, train, {
