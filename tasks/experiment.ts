@@ -56,39 +56,38 @@ export interface BudgetPreset extends Budget {
 }
 
 /**
- * The two budgets, sized from measurements on the 2-core lavapipe machine while other work shared
- * it: widths 8/16/32/64 at batch 128 take 2.5-3.6 s per step; each train.ts subprocess spends
- * 30-60 s (pipeline compilation, data) before its first step and ~20 s more before its first
- * evaluation; feature extraction runs at ~500 images/s. Default: ~45 + 100 x 3 + 4 x 14 + 20 s
- * ≈ 7 min a run (estimated); quick, measured at a load average of 4-5: 7 runs of 93-127 s plus
- * 41 s for the random-init evaluation, about 14 minutes in all.
+ * The two budgets, sized from measurements on the 2-core lavapipe machine (quiet): widths
+ * 8/16/32/64 at batch 64 take 0.72-0.77 s per step; each train.ts subprocess spends ~25 s
+ * (pipeline compilation, data) before its first step; feature extraction runs at ~1000 images/s.
+ * Both inherit the small preset's recipe (lr 3.0, EMA 0.9, crop scale 0.6).
  */
 export const BUDGETS: Record<"default" | "quick", BudgetPreset> = {
   default: {
     widths: [8, 16, 32, 64],
-    batch: 128,
-    steps: 100,
-    evalEvery: 25,
+    batch: 64,
+    steps: 150,
+    evalEvery: 50,
     evalBank: 5000,
     evalTest: 2000,
     probeEpochs: 10,
     seeds: 3,
     runs: "runs/experiment",
     report: "EXPERIMENTS.md",
-    sizedFor: "~2.5 h estimated: 21 runs of 7-8 min, nearer 3 h on a shared machine",
+    sizedFor: "~65 min estimated: 21 runs of ~3 min + both random-init baselines for 3 seeds",
   },
   quick: {
     widths: [8, 16, 32, 64],
-    batch: 128,
-    steps: 12,
-    evalEvery: 6,
-    evalBank: 1000,
-    evalTest: 500,
+    batch: 64,
+    steps: 70,
+    evalEvery: 35,
+    evalBank: 2000,
+    evalTest: 1000,
     probeEpochs: 5,
     seeds: 1,
     runs: "runs/experiment-quick",
     report: "runs/experiment-quick/EXPERIMENTS.md",
-    sizedFor: "~14 min measured: 7 runs of 93-127 s + 41 s random init",
+    sizedFor: "~14 min estimated: 7 runs of ~1.9 min (100 steps measured 2:15 a run) + both " +
+      "random-init baselines",
   },
 };
 
@@ -172,6 +171,31 @@ export function experimentMethods(classes: number, batch: number): Method[] {
   return methods;
 }
 
+/**
+ * The second random-init baseline: the untrained weights with BatchNorm running statistics
+ * estimated the way every trained run's are (train.ts at learning rate 0 for
+ * CALIBRATION_STEPS steps: the weights stay put, the running statistics follow the augmented
+ * training batches). The first baseline keeps the statistics as initialised (mean 0, variance 1),
+ * which is what `deno task eval` of an untrained checkpoint measures.
+ */
+const CALIBRATED_INIT: Method = {
+  id: "calibrated-init",
+  label: "random init, BN statistics estimated",
+  short: "init (BN est.)",
+  trainArgs: [],
+  standard: false,
+};
+/** Steps at lr 0 for the running statistics to settle (0.9^30 = 4% of the initial values left). */
+const CALIBRATION_STEPS = 30;
+
+/** The options a calibration run is planned with: the budget at lr 0, no intermediate kNN. */
+function calibrationOptions(options: Options): Options {
+  return {
+    ...options,
+    budget: { ...options.budget, steps: CALIBRATION_STEPS, evalEvery: 0, lr: 0 },
+  };
+}
+
 const METHOD_IDS = [
   "triplet",
   "rank-2",
@@ -188,8 +212,9 @@ const HELP = `usage: deno task experiment [flags]
 Equal-budget pretraining on Fashion-MNIST of the truncated triplet loss and its baselines, one
 \`tasks/train.ts\` run per method and seed (runs/experiment/<method>-seed<s>; a run whose
 summary.json exists is skipped, an interrupted one resumes from its checkpoint), then a report
-with kNN top-1 during training, the final linear probe, the random-init baseline, the Bernoulli
-false-negative analysis and a generated discussion.
+with kNN top-1 during training, the final linear probe, the random-init baselines (BatchNorm
+statistics as initialised, and estimated by ${CALIBRATION_STEPS} steps at learning rate 0 in
+<runs>/calibrated-init-seed<s>), the Bernoulli false-negative analysis and a generated discussion.
 
 Methods (--methods, default: all but the last):
   triplet            smoothed rank-k, window [2,10] (the released default)
@@ -762,6 +787,8 @@ export interface ReportInput {
   methods: Method[];
   runs: RunRecord[];
   randomInit: { seed: number; knnTop1: number; linearTop1: number | null; seconds?: number }[];
+  /** The untrained weights with estimated BatchNorm statistics (runs of CALIBRATED_INIT). */
+  calibratedInit?: RunRecord[];
   classes: number;
   command: string;
   plotFile: string;
@@ -870,9 +897,12 @@ export function buildReport(input: ReportInput): string {
     (adapters.length ? `; adapter: ${adapters.join(", ")}` : "") + ".",
     `- Time: ${minutes(input.runs.reduce((sum, r) => sum + (r.processSeconds ?? 0), 0))} in ` +
     `train.ts subprocesses, ${
-      minutes(input.randomInit.reduce((t, r) => t + (r.seconds ?? 0), 0))
+      minutes(
+        input.randomInit.reduce((t, r) => t + (r.seconds ?? 0), 0) +
+          (input.calibratedInit ?? []).reduce((t, r) => t + (r.processSeconds ?? 0), 0),
+      )
     } ` +
-    "evaluating the random init.",
+    "for the two random-init baselines.",
     "- Reproduce:",
     "",
     "```sh",
@@ -884,7 +914,11 @@ export function buildReport(input: ReportInput): string {
     `Top-1 accuracy in %, mean ± sample standard deviation over seeds (a single number: one seed). ` +
     "Every method starts from the same initialisation for a given seed, so the random-init row " +
     "is each curve's step 0. Train time: the training steps (pipeline compilation included, " +
-    "evaluations excluded); process: the whole train.ts subprocess.",
+    "evaluations excluded); process: the whole train.ts subprocess. Two random-init rows: " +
+    '"random init" keeps the BatchNorm running statistics as initialised (mean 0, variance 1: ' +
+    'what `deno task eval` of an untrained checkpoint measures); "' + CALIBRATED_INIT.label +
+    `" has the same weights after ${CALIBRATION_STEPS} train.ts steps at learning rate 0, so its ` +
+    "statistics come from training batches like every trained run's.",
     "",
   ];
   // Step 0 is the random init: every method starts from it, so it gets one row of its own.
@@ -904,6 +938,18 @@ export function buildReport(input: ReportInput): string {
     `| random init | ${[cell(init), ...evalSteps.map(() => "—"), cell(initLinear)].join(" | ")} ` +
       `| — | — | — | ${input.randomInit.length} |`,
   );
+  const calibrated = (input.calibratedInit ?? []).filter((r) => r.status === "done");
+  const calibratedKnn = describe(calibrated.map((r) => r.finalKnn!));
+  const calibratedLinear = describe(
+    calibrated.map((r) => r.finalLinear).filter((v): v is number => typeof v === "number"),
+  );
+  if (calibratedKnn) {
+    out.push(
+      `| ${CALIBRATED_INIT.label} | ${
+        [cell(calibratedKnn), ...evalSteps.map(() => "—"), cell(calibratedLinear)].join(" | ")
+      } | — | — | — | ${calibrated.length} |`,
+    );
+  }
   for (const r of results) {
     out.push(
       `| ${r.method.label} | (init) | ${
@@ -924,7 +970,7 @@ export function buildReport(input: ReportInput): string {
     "",
   );
   out.push(...bernoulliSection(input.classes, budget.batch));
-  out.push(...discussion(results, init, evalSteps));
+  out.push(...discussion(results, init, calibratedKnn, evalSteps));
   out.push(
     "## Commentary",
     "",
@@ -950,6 +996,12 @@ export function buildReport(input: ReportInput): string {
       `| random init | ${r.seed} | evaluated | ${pct(r.knnTop1)} | ` +
       `${r.linearTop1 !== null ? pct(r.linearTop1) : "—"} | — | — | |`
     ),
+    ...(input.calibratedInit ?? []).map((r) =>
+      `| ${CALIBRATED_INIT.id} | ${r.seed} | ${r.status} | ` +
+      `${r.finalKnn !== undefined ? pct(r.finalKnn) : "—"} | ` +
+      `${typeof r.finalLinear === "number" ? pct(r.finalLinear) : "—"} | — | ` +
+      `${r.processSeconds !== undefined ? r.processSeconds.toFixed(0) : "—"} | ${r.dir} |`
+    ),
     "",
   );
   return out.join("\n");
@@ -959,6 +1011,7 @@ export function buildReport(input: ReportInput): string {
 function discussion(
   results: MethodResult[],
   init: Stat | undefined,
+  calibratedInit: Stat | undefined,
   evalSteps: number[],
 ): string[] {
   const out = ["## Discussion (generated from the numbers)", ""];
@@ -1043,13 +1096,13 @@ function discussion(
     });
     bullets.push(`Highest mean kNN top-1 at each evaluation — ${leaders.join("; ")}.`);
   }
-  if (init) {
-    const above = withFinal.filter((r) => r.finalKnn!.mean > init.mean);
-    const below = withFinal.filter((r) => r.finalKnn!.mean <= init.mean);
+  const againstBaseline = (what: string, baseline: Stat) => {
+    const above = withFinal.filter((r) => r.finalKnn!.mean > baseline.mean);
+    const below = withFinal.filter((r) => r.finalKnn!.mean <= baseline.mean);
     const names = (list: MethodResult[]) => list.map((r) => r.method.label).join(", ");
     bullets.push(
-      `Against the untrained backbone (kNN top-1 ${pct(init.mean)}%` +
-        (init.n > 1 ? ` ± ${pct(init.std)}` : "") + "): " +
+      `Against ${what} (kNN top-1 ${pct(baseline.mean)}%` +
+        (baseline.n > 1 ? ` ± ${pct(baseline.std)}` : "") + "): " +
         (below.length === 0
           ? "every method's mean final kNN top-1 is above it"
           : above.length === 0
@@ -1057,6 +1110,10 @@ function discussion(
           : `mean final kNN above it: ${names(above)}; not above it: ${names(below)}`) +
         ".",
     );
+  };
+  if (init) againstBaseline("the untrained backbone", init);
+  if (calibratedInit) {
+    againstBaseline("the untrained backbone with BatchNorm statistics estimated", calibratedInit);
   }
   out.push(...bullets.map((b) => `- ${b}`), "");
   const seeds = Math.max(...results.map((r) => r.finalKnn?.n ?? 0));
@@ -1073,8 +1130,10 @@ function discussion(
 /** Read the runs, write the report and its plot. */
 async function writeReport(options: Options, randomInit: InitRecord[]): Promise<string> {
   const runs: RunRecord[] = [];
+  const calibratedInit: RunRecord[] = [];
   for (let seed = 0; seed < options.budget.seeds; seed++) {
     for (const m of options.methods) runs.push(await readRun(options.runs, m.id, seed));
+    calibratedInit.push(await readRun(options.runs, CALIBRATED_INIT.id, seed));
   }
   const reportDir = options.report.includes("/")
     ? options.report.slice(0, options.report.lastIndexOf("/"))
@@ -1096,6 +1155,7 @@ async function writeReport(options: Options, randomInit: InitRecord[]): Promise<
     methods: options.methods,
     runs,
     randomInit,
+    calibratedInit,
     classes: options.classes,
     overrides: options.overrides,
     lr: options.lr,
@@ -1204,6 +1264,7 @@ async function main(): Promise<number> {
   // Seed-major order: an interrupted experiment has every method at the first seeds.
   for (let seed = 0; seed < budget.seeds; seed++) {
     for (const method of methods) plans.push(await planRun(method, seed, options));
+    plans.push(await planRun(CALIBRATED_INIT, seed, calibrationOptions(options)));
   }
   const randomInit = await randomInitBaselines(options, !options.reportOnly);
   let outcome: RunOutcome | undefined;

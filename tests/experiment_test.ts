@@ -1,22 +1,28 @@
 /**
  * The experiment runner (tasks/experiment.ts): the method list and the report's generated text on
- * synthetic runs (no GPU), then a CI-sized experiment end to end as a user runs it (a subprocess
- * that itself runs tasks/train.ts): widths 4/8/8/16, batch 32, 4 steps, kNN at steps 2 and 4 on a
- * 256-image bank and 128 test images, 1 seed, two methods; a rerun skips the finished runs, the
- * hand-written commentary survives regeneration, and a finished run with other settings is refused.
+ * synthetic runs (no GPU), then `deno task experiment --quick` end to end as a user runs it (a
+ * subprocess that itself runs tasks/train.ts): all seven methods, one seed, the quick budget
+ * (widths 8/16/32/64, batch 64, 70 steps; ~14 minutes on the 2-core lavapipe machine); a rerun
+ * skips the finished runs, the hand-written commentary survives regeneration, and a finished run
+ * with other settings is refused.
  *
- * Why the end-to-end test does not assert "every method beats the random-init backbone": at this
- * size the 4 steps are deep in the learning-rate warm-up (0.1 epoch = 187 steps at batch 32), so
- * the weights barely move, and kNN on 128 test images moves by several points with the BatchNorm
- * running statistics alone. Measured here: seed 0 init 25.8%, triplet 25.8% and BYOL 26.6% after
- * 4 steps; after 8 steps triplet 26.6% / BYOL 23.4% (seed 0, init 25.8%) and 15.6% / 14.8%
- * (seed 1, init 18.0%); hardest after 10/20/30 steps 24.2/19.5/16.4%. Early self-supervised steps
- * often lower kNN accuracy below the untrained network's, so that assertion would fail or pass by
- * chance; the test asserts completion, valid accuracies and the report's structure instead.
+ * Which random init every method must beat: the same weights untrained, with BatchNorm running
+ * statistics estimated from training batches (30 steps at learning rate 0), as every trained
+ * run's are. The untrained checkpoint as initialised (statistics mean 0, variance 1) scores
+ * higher on kNN, and at this budget some methods are still below it (they dip under it while the
+ * statistics calibrate, then climb: see EXPERIMENTS.md), so the test prints that figure and
+ * asserts the like-for-like one. Runs are deterministic on one adapter (no float atomics), so the
+ * assertion does not pass or fail by chance from one CI run to the next.
  */
 import assert from "node:assert/strict";
 import { binomialTail } from "../models/bernoulli.ts";
-import { buildReport, describe, experimentMethods, type RunRecord } from "../tasks/experiment.ts";
+import {
+  BUDGETS,
+  buildReport,
+  describe,
+  experimentMethods,
+  type RunRecord,
+} from "../tasks/experiment.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TEST = { sanitizeOps: false, sanitizeResources: false };
@@ -97,6 +103,8 @@ Deno.test("experiment: the report's tables and discussion come from the numbers"
     methods,
     runs,
     randomInit: [0, 1, 2].map((seed) => ({ seed, knnTop1: 0.65, linearTop1: 0.6 })),
+    // The same weights with estimated BatchNorm statistics: kNN 50.0 and 51.0 (two seeds).
+    calibratedInit: [0, 1].map((seed) => run("calibrated-init", seed, 0.5, 0.5 + 0.01 * seed)),
     classes: 10,
     command: "deno task experiment --steps 20",
     plotFile: "EXPERIMENTS-knn.svg",
@@ -105,6 +113,15 @@ Deno.test("experiment: the report's tables and discussion come from the numbers"
   // Rows: random init, then every method; columns: step 0, the evaluation steps, linear.
   assert.match(report, /\| method \| kNN @ 0 \| kNN @ 10 \| kNN @ 20 \| linear \(end\) \|/);
   assert.match(report, /\| random init \| 65\.0 ± 0\.0 \| — \| — \| 60\.0 ± 0\.0 \|/);
+  assert.match(
+    report,
+    /\| random init, BN statistics estimated \| 50\.5 ± 0\.7 \| — \| — \| 55\.5 ± 0\.7 \| — \| — \| — \| 2 \|/,
+  );
+  assert.match(
+    report,
+    /Against the untrained backbone with BatchNorm statistics estimated \(kNN top-1 50\.5% ± 0\.7\): every method's mean final kNN top-1 is above it/,
+  );
+  assert.match(report, /\| calibrated-init \| 1 \| done \| 51\.0 \| 56\.0 \|/);
   assert.match(
     report,
     /\| smoothed rank-k \[2,10\] \| \(init\) \| 50\.0 ± 0\.0 \| 71\.0 ± 1\.0 \| 76\.0 ± 1\.0 \|/,
@@ -152,66 +169,72 @@ async function experiment(args: string[]): Promise<Result> {
 }
 
 Deno.test({
-  name: "experiment: a CI-sized experiment completes, reports every method, continues and keeps " +
-    "the commentary",
+  name: "experiment: --quick completes, every method beats the untrained backbone with " +
+    "estimated BatchNorm statistics, and a rerun continues and keeps the commentary",
   ...TEST,
   fn: async () => {
     const base = await Deno.makeTempDir();
     const report = `${base}/report/EXPERIMENTS.md`;
-    const args = [
-      "--widths",
-      "4,8,8,16",
-      "--batch",
-      "32",
-      "--steps",
-      "4",
-      "--eval-every",
-      "2",
-      "--eval-bank",
-      "256",
-      "--eval-test",
-      "128",
-      "--probe-epochs",
-      "2",
-      "--seeds",
-      "1",
-      "--methods",
-      "triplet,byol",
-      "--runs",
-      `${base}/runs`,
-      "--report",
-      report,
-    ];
+    const args = ["--quick", "--runs", `${base}/runs`, "--report", report];
     const first = await experiment(args);
     assert.equal(first.code, 0, first.output);
 
-    for (const method of ["triplet", "byol"]) {
-      const summary = JSON.parse(
-        await Deno.readTextFile(`${base}/runs/${method}-seed0/summary.json`),
-      );
-      assert.equal(summary.steps, 4);
-      for (const key of ["knnTop1", "linearTop1"]) {
-        assert.ok(
-          Number.isFinite(summary[key]) && summary[key] > 0 && summary[key] <= 1,
-          `${method} ${key} = ${summary[key]}`,
-        );
-      }
-    }
+    const methods = experimentMethods(10, BUDGETS.quick.batch).filter((m) => m.standard);
+    assert.equal(methods.length, 7);
+    const calibrated = JSON.parse(
+      await Deno.readTextFile(`${base}/runs/calibrated-init-seed0/summary.json`),
+    );
+    const calibratedConfig = JSON.parse(
+      await Deno.readTextFile(`${base}/runs/calibrated-init-seed0/config.json`),
+    );
+    assert.equal(calibratedConfig.lr, 0);
+    assert.equal(calibrated.steps, 30);
     const init = JSON.parse(await Deno.readTextFile(`${base}/runs/random-init-seed0/summary.json`));
-    assert.ok(init.knnTop1 > 0 && init.knnTop1 <= 1, `random-init kNN ${init.knnTop1}`);
-    console.log(`random-init kNN top-1 ${init.knnTop1} (reported, not asserted against)`);
+    const lines = [
+      `random init: kNN ${init.knnTop1} (BN statistics as initialised), ` +
+      `${calibrated.knnTop1} (estimated)`,
+    ];
+    for (const method of methods) {
+      const summary = JSON.parse(
+        await Deno.readTextFile(`${base}/runs/${method.id}-seed0/summary.json`),
+      );
+      assert.equal(summary.steps, BUDGETS.quick.steps, method.id);
+      assert.ok(
+        Number.isFinite(summary.linearTop1) && summary.linearTop1 > 0 && summary.linearTop1 <= 1,
+        `${method.id} linear ${summary.linearTop1}`,
+      );
+      // The trained backbone against the same weights untrained, BN statistics estimated alike.
+      assert.ok(
+        summary.knnTop1 > calibrated.knnTop1,
+        `${method.id}: kNN ${summary.knnTop1} is not above the untrained backbone's ` +
+          `${calibrated.knnTop1}`,
+      );
+      lines.push(`${method.id}: kNN ${summary.knnTop1}`);
+    }
+    console.log(lines.join("\n"));
 
     const text = await Deno.readTextFile(report);
-    assert.match(text, /\| method \| kNN @ 0 \| kNN @ 2 \| kNN @ 4 \| linear \(end\) \|/);
+    assert.match(
+      text,
+      new RegExp(
+        `\\| method \\| kNN @ 0 \\| kNN @ ${BUDGETS.quick.evalEvery} \\| kNN @ ${BUDGETS.quick.steps} ` +
+          "\\| linear \\(end\\) \\|",
+      ),
+    );
     assert.match(text, /\| random init \| \d+\.\d \|/);
-    for (const label of ["smoothed rank-k \\[2,10\\]", "BYOL"]) {
+    assert.match(text, /\| random init, BN statistics estimated \| \d+\.\d \|/);
+    for (const method of methods) {
+      const label = method.label.replace(/[[\]()]/g, "\\$&");
       assert.match(
         text,
         new RegExp(`\\| ${label} \\| \\(init\\) \\| \\d+\\.\\d \\| \\d+\\.\\d \\|`),
       );
     }
-    assert.match(text, /Runs: 2 of 2 finished/);
-    assert.match(text, /E\[X\] = 3\.10/);
+    assert.match(text, /Runs: 7 of 7 finished/);
+    assert.match(
+      text,
+      /Against the untrained backbone with BatchNorm statistics estimated \(kNN top-1 [\d.]+%\): every method's mean final kNN top-1 is above it/,
+    );
     assert.match(await Deno.readTextFile(`${base}/report/EXPERIMENTS-knn.svg`), /^<svg/);
 
     // A rerun skips the finished runs; the hand-written commentary survives regeneration.
@@ -224,7 +247,7 @@ Deno.test({
     );
     const again = await experiment(args);
     assert.equal(again.code, 0, again.output);
-    assert.equal(again.output.match(/done before/g)?.length, 2, again.output);
+    assert.equal(again.output.match(/done before/g)?.length, 8, again.output);
     assert.doesNotMatch(again.output, /evaluating the untrained backbone/);
     assert.match(
       await Deno.readTextFile(report),
@@ -232,8 +255,7 @@ Deno.test({
     );
 
     // Finished runs made with other settings are refused before anything runs.
-    const changed = args.map((a) => (a === "4" ? "5" : a));
-    const refused = await experiment(changed);
+    const refused = await experiment([...args, "--steps", String(BUDGETS.quick.steps + 1)]);
     assert.equal(refused.code, 2, refused.output);
     assert.match(refused.output, /holds a finished run made with other settings/);
     await Deno.remove(base, { recursive: true });
