@@ -86,8 +86,7 @@ export const BUDGETS: Record<"default" | "quick", BudgetPreset> = {
     seeds: 1,
     runs: "runs/experiment-quick",
     report: "runs/experiment-quick/EXPERIMENTS.md",
-    sizedFor: "~14 min estimated: 7 runs of ~1.9 min (100 steps measured 2:15 a run) + both " +
-      "random-init baselines",
+    sizedFor: "~10 min measured (the CI test: 7 runs + both random-init baselines)",
   },
 };
 

@@ -2,7 +2,7 @@
  * The experiment runner (tasks/experiment.ts): the method list and the report's generated text on
  * synthetic runs (no GPU), then `deno task experiment --quick` end to end as a user runs it (a
  * subprocess that itself runs tasks/train.ts): all seven methods, one seed, the quick budget
- * (widths 8/16/32/64, batch 64, 70 steps; ~14 minutes on the 2-core lavapipe machine); a rerun
+ * (widths 8/16/32/64, batch 64, 70 steps; ~10.5 minutes on the 2-core lavapipe machine); a rerun
  * skips the finished runs, the hand-written commentary survives regeneration, and a finished run
  * with other settings is refused.
  *
@@ -11,8 +11,11 @@
  * run's are. The untrained checkpoint as initialised (statistics mean 0, variance 1) scores
  * higher on kNN, and at this budget some methods are still below it (they dip under it while the
  * statistics calibrate, then climb: see EXPERIMENTS.md), so the test prints that figure and
- * asserts the like-for-like one. Runs are deterministic on one adapter (no float atomics), so the
- * assertion does not pass or fail by chance from one CI run to the next.
+ * asserts the like-for-like one. Measured here (kNN top-1, 1,000 test images): estimated-statistics
+ * init 40.1%, as-initialised 54.6%; after 70 steps triplet 55.1, rank-2 48.9, rank-11 55.4, median
+ * 52.0, hardest 55.6, BYOL 49.0, InfoNCE 65.5, so the smallest margin is 8.8 points. Runs are
+ * deterministic on one adapter (no float atomics), so the assertion does not pass or fail by
+ * chance from one CI run to the next.
  */
 import assert from "node:assert/strict";
 import { binomialTail } from "../models/bernoulli.ts";
