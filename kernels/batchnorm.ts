@@ -110,6 +110,9 @@ function kernel(
   return gpu.kernel("batchnorm", { entryPoint, constants });
 }
 
+/** batchnorm_vec4.wgsl: 256 threads x 4 vec4s each = 4096 floats per workgroup. */
+const VEC4_FLOATS_PER_WORKGROUP = 256 * 4 * 4;
+
 /**
  * The elementwise passes (normalize, input_grad): the vec4 variant when the channel count allows
  * (a quarter of the loads), otherwise the scalar one; with the matching grid.
@@ -124,7 +127,7 @@ function elementwisePass(
     return {
       kernel: gpu.kernel("batchnorm_vec4", { entryPoint, constants }),
       workgroups: grid1d(
-        Math.ceil(s.rows * s.channels / 4096),
+        Math.ceil(s.rows * s.channels / VEC4_FLOATS_PER_WORKGROUP),
         gpu.limits.maxComputeWorkgroupsPerDimension,
       ),
     };

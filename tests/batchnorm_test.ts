@@ -278,7 +278,8 @@ Deno.test({
   },
 });
 
-for (const [rows, channels] of [[1, 5], [2, 3], [33, 70]] as [number, number][]) {
+// [1, 8] and [33, 36]: channel counts divisible by 4 take the vec4 pass (batchnorm_vec4.wgsl).
+for (const [rows, channels] of [[1, 5], [2, 3], [33, 70], [1, 8], [33, 36]] as [number, number][]) {
   for (const relu of [false, true]) {
     Deno.test({
       name: `batchnorm: eval forward with running stats, rows=${rows} C=${channels}` +
