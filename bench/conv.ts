@@ -73,8 +73,21 @@ const CASES: Case[] = [
 ];
 
 type Op = "forward" | "dX" | "dW";
-/** Each figure is the best of this many single runs: the CPU adapter shares its cores. */
+/** Each figure is the best of this many timed batches: the CPU adapter shares its cores. */
 const REPEATS = 3;
+/**
+ * Calls queued per timed batch aim at this much work. A wait for the device costs ~11 ms on
+ * lavapipe whatever ran (fence polling), which a single call per wait would count as kernel time;
+ * a training step queues hundreds of kernels per wait, so per-call time is a batch's time / calls.
+ */
+const BATCH_TARGET_MS = 250;
+/** At most this many calls per batch (tfjs keeps every output alive until the wait). */
+const MAX_BATCH_CALLS = 16;
+
+/** Calls per timed batch, from the time of one call (wait included) in the warm-up. */
+function callsPerBatch(singleCallMs: number): number {
+  return Math.max(1, Math.min(MAX_BATCH_CALLS, Math.round(BATCH_TARGET_MS / singleCallMs)));
+}
 
 async function bestOf(repeats: number, time: () => Promise<number>): Promise<number> {
   let best = Infinity;
@@ -144,7 +157,9 @@ async function timeOurs(gpu: Gpu, s: Conv2dShape, d: Data): Promise<Record<Op, n
   for (const op of OPS) {
     encode[op](); // warm-up: compiles the pipelines
     await gpu.sync();
-    ms[op] = await bestOf(REPEATS, () => timeGpu(gpu, encode[op], { warmup: 0, iterations: 1 }));
+    const single = await timeGpu(gpu, encode[op], { warmup: 0, iterations: 1 });
+    const iterations = callsPerBatch(single);
+    ms[op] = await bestOf(REPEATS, () => timeGpu(gpu, encode[op], { warmup: 0, iterations }));
   }
   for (const v of Object.values(t)) v.release();
   return ms;
@@ -183,17 +198,20 @@ async function timeTfjs(tf: Tfjs, s: Conv2dShape, d: Data): Promise<Record<Op, n
   };
   const ms = {} as Record<Op, number>;
   for (const op of OPS) {
-    const once = async () => {
-      const result = run[op]() as { dispose(): void };
+    // `calls` calls queued, one wait: per-call time as for ours.
+    const batch = (calls: number) => async () => {
+      const results = Array.from({ length: calls }, () => run[op]() as { dispose(): void });
       await syncTfjs(tf);
-      result.dispose();
+      for (const result of results) result.dispose();
     };
-    const start = performance.now();
-    await once(); // warm-up: compiles the pipeline
-    const warmupMs = performance.now() - start;
+    await batch(1)(); // warm-up: compiles the pipeline
+    const single = await timeAsync(batch(1), { warmup: 0, iterations: 1 });
     // tfjs's naive weight gradient can take tens of seconds on a CPU adapter: time it once.
-    const repeats = warmupMs > 2000 ? 1 : REPEATS;
-    ms[op] = await bestOf(repeats, () => timeAsync(once, { warmup: 0, iterations: 1 }));
+    const repeats = single > 2000 ? 1 : REPEATS;
+    const calls = callsPerBatch(single);
+    ms[op] = await bestOf(repeats, async () => {
+      return await timeAsync(batch(calls), { warmup: 0, iterations: 1 }) / calls;
+    });
   }
   tf.dispose([x, w, dy]);
   return ms;
