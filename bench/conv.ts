@@ -1,7 +1,8 @@
 /**
  * Benchmark: convolution forward, input gradient (dX) and weight gradient (dW) in GFLOP/s on
- * ResNet-50 layer shapes at batch 2, the small CPU preset's shapes (ResNet-18 variant for 28x28x1
- * input, widths 32/64/128/256, batch 64) and tfjs's own conv3x3 benchmark shape, next to
+ * ResNet-50 layer shapes at batch 2, the default `small` preset's layers (ResNet-18 variant for
+ * 28x28x1 input, widths 8/16/32/64, batch 64), the reference step's layers (the same network at
+ * widths 32/64/128/256) and tfjs's own conv3x3 benchmark shape, next to
  * tfjs-backend-webgpu on the same adapter (`tf.conv2d`, and the registered `Conv2DBackpropInput` /
  * `Conv2DBackpropFilter` kernels that `tf.grad(tf.conv2d)` runs).
  * Standalone: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/conv.ts [--quick] [--no-tfjs]
@@ -63,38 +64,67 @@ const CASES: Case[] = [
   { name: "r50 layer2 1x1/2 256->512 @56 b2", shape: conv(2, 56, 256, 512, 1, 2), quick: false },
   { name: "r50 layer3 3x3 256->256 @14 b2", shape: conv(2, 14, 256, 256, 3, 1), quick: false },
   { name: "r50 layer4 3x3 512->512 @7 b2", shape: conv(2, 7, 512, 512, 3, 1), quick: true },
-  { name: "small stem 3x3 1->32 @28 b64", shape: conv(64, 28, 1, 32, 3, 1), quick: false },
-  { name: "small stage1 3x3 32->32 @28 b64", shape: conv(64, 28, 32, 32, 3, 1), quick: true },
-  { name: "small stage2 3x3/2 32->64 @28 b64", shape: conv(64, 28, 32, 64, 3, 2), quick: false },
-  { name: "small stage2 1x1/2 32->64 @28 b64", shape: conv(64, 28, 32, 64, 1, 2), quick: false },
-  { name: "small stage3 3x3 128->128 @7 b64", shape: conv(64, 7, 128, 128, 3, 1), quick: false },
-  { name: "small stage4 3x3 256->256 @4 b64", shape: conv(64, 4, 256, 256, 3, 1), quick: false },
+  // The default `small` preset (widths 8/16/32/64, 28x28x1, batch 64): every distinct layer.
+  { name: "preset stem 3x3 1->8 @28 b64", shape: conv(64, 28, 1, 8, 3, 1), quick: false },
+  { name: "preset layer1 3x3 8->8 @28 b64", shape: conv(64, 28, 8, 8, 3, 1), quick: true },
+  { name: "preset layer2 3x3/2 8->16 @28 b64", shape: conv(64, 28, 8, 16, 3, 2), quick: false },
+  { name: "preset layer2 1x1/2 8->16 @28 b64", shape: conv(64, 28, 8, 16, 1, 2), quick: false },
+  { name: "preset layer2 3x3 16->16 @14 b64", shape: conv(64, 14, 16, 16, 3, 1), quick: false },
+  { name: "preset layer3 3x3/2 16->32 @14 b64", shape: conv(64, 14, 16, 32, 3, 2), quick: false },
+  { name: "preset layer3 1x1/2 16->32 @14 b64", shape: conv(64, 14, 16, 32, 1, 2), quick: false },
+  { name: "preset layer3 3x3 32->32 @7 b64", shape: conv(64, 7, 32, 32, 3, 1), quick: false },
+  { name: "preset layer4 3x3/2 32->64 @7 b64", shape: conv(64, 7, 32, 64, 3, 2), quick: false },
+  { name: "preset layer4 1x1/2 32->64 @7 b64", shape: conv(64, 7, 32, 64, 1, 2), quick: false },
+  { name: "preset layer4 3x3 64->64 @4 b64", shape: conv(64, 4, 64, 64, 3, 1), quick: false },
+  // The reference step's network (bench/step.ts: widths 32/64/128/256, 28x28x1, batch 64).
+  { name: "ref stem 3x3 1->32 @28 b64", shape: conv(64, 28, 1, 32, 3, 1), quick: false },
+  { name: "ref stage1 3x3 32->32 @28 b64", shape: conv(64, 28, 32, 32, 3, 1), quick: true },
+  { name: "ref stage2 3x3/2 32->64 @28 b64", shape: conv(64, 28, 32, 64, 3, 2), quick: false },
+  { name: "ref stage2 1x1/2 32->64 @28 b64", shape: conv(64, 28, 32, 64, 1, 2), quick: false },
+  { name: "ref stage3 3x3 128->128 @7 b64", shape: conv(64, 7, 128, 128, 3, 1), quick: false },
+  { name: "ref stage4 3x3 256->256 @4 b64", shape: conv(64, 4, 256, 256, 3, 1), quick: false },
   { name: "tfjs conv3x3 64->64 @32 b32", shape: conv(32, 32, 64, 64, 3, 1), quick: false },
 ];
 
 type Op = "forward" | "dX" | "dW";
-/** Each figure is the best of this many timed batches: the CPU adapter shares its cores. */
-const REPEATS = 3;
+const OPS: Op[] = ["forward", "dX", "dW"];
+
 /**
- * Calls queued per timed batch aim at this much work. A wait for the device costs ~11 ms on
- * lavapipe whatever ran (fence polling), which a single call per wait would count as kernel time;
- * a training step queues hundreds of kernels per wait, so per-call time is a batch's time / calls.
+ * Per-call time is a batch's time / its calls, with many calls queued per wait for the device:
+ * a wait costs ~11 ms on lavapipe whatever ran (fence polling), which one call per wait would
+ * count as kernel time, and a training step queues hundreds of kernels per wait. Batches aim at
+ * BATCH_TARGET_MS, so the wait is ~2% of a figure; each figure is the best of REPEATS batches (the
+ * CPU adapter shares its cores); calls slower than SLOW_CALL_MS (tfjs's naive weight gradients)
+ * are timed once.
  */
-const BATCH_TARGET_MS = 250;
-/** At most this many calls per batch (tfjs keeps every output alive until the wait). */
-const MAX_BATCH_CALLS = 16;
+const BATCH_TARGET_MS = 500;
+const REPEATS = 3;
+const SLOW_CALL_MS = 2000;
+/** Calls in the batch that estimates the per-call time. */
+const PROBE_CALLS = 10;
 
-/** Calls per timed batch, from the time of one call (wait included) in the warm-up. */
-function callsPerBatch(singleCallMs: number): number {
-  return Math.max(1, Math.min(MAX_BATCH_CALLS, Math.round(BATCH_TARGET_MS / singleCallMs)));
-}
-
-async function bestOf(repeats: number, time: () => Promise<number>): Promise<number> {
+/**
+ * Milliseconds per call, given `timeBatch(calls)`: the wall time of `calls` calls queued with one
+ * wait at the end (already warmed up). At most `maxCalls` per batch.
+ */
+async function perCallMs(
+  timeBatch: (calls: number) => Promise<number>,
+  maxCalls: number,
+): Promise<number> {
+  const single = await timeBatch(1);
+  if (single > SLOW_CALL_MS) return single;
+  const probeCalls = Math.max(1, Math.min(maxCalls, PROBE_CALLS));
+  const estimate = await timeBatch(probeCalls) / probeCalls;
+  const calls = Math.max(1, Math.min(maxCalls, Math.round(BATCH_TARGET_MS / estimate)));
   let best = Infinity;
-  for (let i = 0; i < repeats; i++) best = Math.min(best, await time());
+  for (let i = 0; i < REPEATS; i++) best = Math.min(best, await timeBatch(calls) / calls);
   return best;
 }
-const OPS: Op[] = ["forward", "dX", "dW"];
+
+/** tfjs keeps every output of a batch alive until the wait: at most this many bytes of them. */
+const MAX_TFJS_BATCH_BYTES = 256 * 2 ** 20;
+/** Our calls hold nothing between them; the cap only bounds a batch of very fast calls. */
+const MAX_OUR_BATCH_CALLS = 1000;
 
 /** Multiply-adds x 2 of the convolution (the same for all three products). */
 function flopsOf(s: Conv2dShape): number {
@@ -157,15 +187,16 @@ async function timeOurs(gpu: Gpu, s: Conv2dShape, d: Data): Promise<Record<Op, n
   for (const op of OPS) {
     encode[op](); // warm-up: compiles the pipelines
     await gpu.sync();
-    const single = await timeGpu(gpu, encode[op], { warmup: 0, iterations: 1 });
-    const iterations = callsPerBatch(single);
-    ms[op] = await bestOf(REPEATS, () => timeGpu(gpu, encode[op], { warmup: 0, iterations }));
+    ms[op] = await perCallMs(
+      async (calls) => calls * await timeGpu(gpu, encode[op], { warmup: 0, iterations: calls }),
+      MAX_OUR_BATCH_CALLS,
+    );
   }
   for (const v of Object.values(t)) v.release();
   return ms;
 }
 
-/** Milliseconds per call of each product in tfjs; slow products (> 1 s) are timed once. */
+/** Milliseconds per call of each product in tfjs, timed like ours. */
 async function timeTfjs(tf: Tfjs, s: Conv2dShape, d: Data): Promise<Record<Op, number>> {
   const x = tf.tensor4d(d.x, d.xShape as [number, number, number, number]);
   const w = tf.tensor4d(d.w, d.wShape as [number, number, number, number]);
@@ -198,20 +229,15 @@ async function timeTfjs(tf: Tfjs, s: Conv2dShape, d: Data): Promise<Record<Op, n
   };
   const ms = {} as Record<Op, number>;
   for (const op of OPS) {
-    // `calls` calls queued, one wait: per-call time as for ours.
-    const batch = (calls: number) => async () => {
-      const results = Array.from({ length: calls }, () => run[op]() as { dispose(): void });
-      await syncTfjs(tf);
-      for (const result of results) result.dispose();
-    };
-    await batch(1)(); // warm-up: compiles the pipeline
-    const single = await timeAsync(batch(1), { warmup: 0, iterations: 1 });
-    // tfjs's naive weight gradient can take tens of seconds on a CPU adapter: time it once.
-    const repeats = single > 2000 ? 1 : REPEATS;
-    const calls = callsPerBatch(single);
-    ms[op] = await bestOf(repeats, async () => {
-      return await timeAsync(batch(calls), { warmup: 0, iterations: 1 }) / calls;
-    });
+    const timeBatch = (calls: number) =>
+      timeAsync(async () => {
+        const results = Array.from({ length: calls }, () => run[op]() as { dispose(): void });
+        await syncTfjs(tf);
+        for (const result of results) result.dispose();
+      }, { warmup: 0, iterations: 1 });
+    await timeBatch(1); // warm-up: compiles the pipeline
+    const outputBytes = 4 * (op === "forward" ? d.dy : op === "dX" ? d.x : d.w).length;
+    ms[op] = await perCallMs(timeBatch, Math.floor(MAX_TFJS_BATCH_BYTES / outputBytes));
   }
   tf.dispose([x, w, dy]);
   return ms;

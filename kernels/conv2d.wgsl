@@ -110,6 +110,10 @@ override SLICES: u32 = 1u;
 override REDUCE_LEN: u32 = 4u;
 
 override OUT_PIXELS: u32 = OUT_H * OUT_W;
+// A 1x1 kernel without padding: every tap is inside the image and output pixel m reads input
+// pixel (oh * STRIDE, ow * STRIDE) (pixel m itself at stride 1), so the loaders skip the im2col
+// arithmetic and the padding tests. The input gradient's one phase grid is then dy's pixel grid.
+override POINTWISE: bool = KERNEL == 1u && PAD == 0u;
 // Input gradient phase geometry: pixels of the phase, first kernel tap and tap count per axis,
 // and the dy row/column of the phase's pixel 0 at tap 0.
 override PH_H: u32 = (IN_H + STRIDE - 1u - PHASE_H) / STRIDE;
@@ -194,6 +198,16 @@ fn inside(v: i32, limit: u32) -> bool {
 
 // ---- Forward loaders ----
 
+// POINTWISE: index in x of channel 0 of the input pixel that output pixel m reads.
+fn pointwise_x_offset(m: u32) -> u32 {
+  if (STRIDE == 1u) {
+    return m * IN_C;
+  }
+  let n = m / OUT_PIXELS;
+  let p = m % OUT_PIXELS;
+  return ((n * IN_H + (p / OUT_W) * STRIDE) * IN_W + (p % OUT_W) * STRIDE) * IN_C;
+}
+
 // x at output pixel m, for the 4 consecutive k = (kh, kw, ci) starting at k (a multiple of 4).
 fn forward_a(m: u32, k: u32) -> vec4<f32> {
   let n = m / OUT_PIXELS;
@@ -201,6 +215,9 @@ fn forward_a(m: u32, k: u32) -> vec4<f32> {
   let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
   let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
   let row_valid = m < GEMM_M;
+  if (POINTWISE && IN_C % 4u == 0u) {
+    return quad_a(pointwise_x_offset(m) + k, row_valid & (k < GEMM_K));
+  }
   if (IN_C % 4u == 0u) {
     // The 4 channels share one tap and are one aligned vec4.
     let tap = k / IN_C;
@@ -236,6 +253,10 @@ fn input_grad_a(m: u32, k: u32) -> vec4<f32> {
   let oh0 = i32(BASE_H + p / PH_W);
   let ow0 = i32(BASE_W + p % PH_W);
   let row_valid = m < GEMM_M;
+  if (POINTWISE && OUT_C % 4u == 0u) {
+    // dy is A itself, row-major [M, OUT_C].
+    return quad_a(m * OUT_C + k, row_valid & (k < GEMM_K));
+  }
   if (OUT_C % 4u == 0u) {
     let tap = k / OUT_C;
     let oh = oh0 - i32(tap / TAPS_W);
@@ -291,6 +312,9 @@ fn weight_grad_a(m: u32, k: u32, k_end: u32) -> vec4<f32> {
   let ih0 = i32((p / OUT_W) * STRIDE) - i32(PAD);
   let iw0 = i32((p % OUT_W) * STRIDE) - i32(PAD);
   let pixel_valid = k < k_end;
+  if (POINTWISE && IN_C % 4u == 0u) {
+    return quad_a(pointwise_x_offset(k) + m, pixel_valid & (m < GEMM_M));
+  }
   if (IN_C % 4u == 0u) {
     let tap = m / IN_C;
     let ih = ih0 + i32(tap / KERNEL);

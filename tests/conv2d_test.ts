@@ -220,6 +220,36 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
     accumulate: false,
   },
   {
+    name: "1x1 stride 1 pointwise (bottleneck expansion), rows not a multiple of the tile",
+    shape: {
+      batch: 3,
+      inHeight: 7,
+      inWidth: 5,
+      inChannels: 12,
+      outChannels: 40,
+      kernelSize: 1,
+      stride: 1,
+      padding: 0,
+    },
+    bias: true,
+    accumulate: true,
+  },
+  {
+    name: "1x1 stride 2 with Cin = 6 (pointwise shape on the scalar path), even input",
+    shape: {
+      batch: 2,
+      inHeight: 8,
+      inWidth: 6,
+      inChannels: 6,
+      outChannels: 8,
+      kernelSize: 1,
+      stride: 2,
+      padding: 0,
+    },
+    bias: false,
+    accumulate: false,
+  },
+  {
     name: "7x7 stride 2 pad 3 stem, Cin = 3, bias",
     shape: {
       batch: 2,
@@ -266,6 +296,19 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
   },
 ];
 
+/** The case whose name starts with `start`. */
+function caseNamed(start: string): (typeof cases)[number] {
+  const found = cases.find((c) => c.name.startsWith(start));
+  if (!found) throw new Error(`no conv2d test case named "${start}..."`);
+  return found;
+}
+const SPLIT_K = caseNamed("3x3 stride 1 pad 1, several tiles");
+const STRIDE2_ODD = caseNamed("3x3 stride 2 pad 1, odd input");
+const DOWNSAMPLE = caseNamed("1x1 stride 2 downsample");
+const POINTWISE = caseNamed("1x1 stride 1 pointwise");
+const STEM_RGB = caseNamed("7x7 stride 2 pad 3 stem, Cin = 3");
+const SCALAR = caseNamed("channel counts not multiples of 4");
+
 /**
  * Run `body` with the kernels feeding their tiles the given way and reading their operands from
  * the given source, then restore the defaults.
@@ -296,10 +339,14 @@ for (const c of cases) {
 // "auto" picks direct loads from textures on this CPU adapter; the workgroup-memory path with
 // buffer operands (what GPUs run) and direct loads from buffers (CPU adapters, operands too big
 // for a texture) get the cases that exercise their edges: split-K, stride phases with odd sizes,
-// the Cin = 3 stem, scalar channel paths.
+// pointwise (1x1) loaders at stride 1 and 2, the Cin = 3 stem, scalar channel paths.
 const variants = [
-  { staging: "workgroup", operands: "buffer", cases: [cases[1], cases[2], cases[4], cases[6]] },
-  { staging: "direct", operands: "buffer", cases: [cases[2], cases[6]] },
+  {
+    staging: "workgroup",
+    operands: "buffer",
+    cases: [SPLIT_K, STRIDE2_ODD, DOWNSAMPLE, POINTWISE, STEM_RGB, SCALAR],
+  },
+  { staging: "direct", operands: "buffer", cases: [STRIDE2_ODD, POINTWISE, SCALAR] },
 ] as const;
 for (const { staging, operands, cases: some } of variants) {
   for (const c of some) {
@@ -324,7 +371,7 @@ Deno.test({
   fn: async () => {
     const gpu = await testGpu();
     // The split-K shape of the second case (its pipelines are compiled already).
-    const s = cases[1].shape;
+    const s = SPLIT_K.shape;
     const rng = new Rng(7);
     const shapes = shapeOf(s);
     const tx = gpu.upload(rng.array(size(shapes.x)), shapes.x);
@@ -371,9 +418,9 @@ function sampleIndices(n: number, count: number, rng: Rng): number[] {
   return [...picked];
 }
 
-// Shapes of the cases above (their pipelines are compiled already): stride 2 with an odd input
-// and the 7x7 stem.
-for (const c of [cases[2], cases[4]]) {
+// Shapes of the cases above (their pipelines are compiled already): stride 2 with an odd input,
+// the 7x7 stem and the pointwise loaders.
+for (const c of [STRIDE2_ODD, STEM_RGB, POINTWISE]) {
   const s = c.shape;
   Deno.test({
     name: `conv2d: finite-difference check of dx and dw, loss = sum(y * r) (${describe(s)})`,
