@@ -152,9 +152,8 @@ export function conv2dWeightGrad(
   const m = s.kernelSize * s.kernelSize * s.inChannels;
   const n = s.outChannels;
   const pixels = s.batch * g.outHeight * g.outWidth;
-  const tile = chooseTile(gpu, m, n, true);
-  const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
-  const { slices, sliceLen } = splitPixels(pixels, tiles, m * n, gpu);
+  const plan = weightGradPlan(gpu, m, n, pixels);
+  const { tile, slices, sliceLen, laneSlices } = plan;
   const split = slices > 1;
   const operands = gemmOperands(gpu, x, dy);
   const kernel = gpu.kernel("conv2d", {
@@ -167,6 +166,7 @@ export function conv2dWeightGrad(
       SLICE_LEN: sliceLen,
       SPLIT: split ? 1 : 0,
       ACCUMULATE: accumulate ? 1 : 0,
+      LANE_SLICES: laneSlices ? 1 : 0,
     },
   });
   const target = split ? gpu.empty([slices, m * n], "f32", "conv2d weight-grad slices") : null;
@@ -178,7 +178,11 @@ export function conv2dWeightGrad(
       target ?? bindable(dweight),
       ...operands.textures,
     ],
-    workgroups: [ceilDiv(m, tile.tileM), ceilDiv(n, tile.tileN), slices],
+    workgroups: [
+      ceilDiv(m, tile.tileM),
+      ceilDiv(n, tile.tileN),
+      laneSlices ? slices / plan.lanesPerSliceGroup : slices,
+    ],
   });
   operands.release();
   if (target) {
@@ -315,6 +319,11 @@ function tileShape(wgX: number, wgY: number, staged: boolean): TileShape {
 /** For the entry points that do not tile (bias gradient, slice reduction). */
 const DEFAULT_TILE = tileShape(4, 4, false);
 
+/** Invocations side by side along N (16 columns each): N with little waste, at most 8. */
+function columnLanes(n: number): number {
+  return n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
+}
+
 /**
  * Pick the workgroup's thread grid (and so TILE_M x TILE_N); each invocation owns 16 x 16 outputs.
  * WG_X covers N with little waste. WG_Y (up to 64 invocations, within workgroup memory, counts
@@ -325,7 +334,7 @@ const DEFAULT_TILE = tileShape(4, 4, false);
  * parallelism, so only the per-tile work counts.
  */
 function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape {
-  const wgX = n > 64 ? 8 : n > 32 ? 4 : n > 16 ? 2 : 1;
+  const wgX = columnLanes(n);
   const storageRows = Math.floor(gpu.limits.maxComputeWorkgroupStorageSize / TILE_BYTES_PER_WG_ROW);
   const maxWgY = Math.max(1, Math.min(Math.floor(64 / wgX), 16, storageRows - wgX));
   const tilesN = ceilDiv(n, 16 * wgX);
@@ -346,23 +355,50 @@ function chooseTile(gpu: Gpu, m: number, n: number, sliced: boolean): TileShape 
   return tileShape(wgX, best, staging > 0);
 }
 
-/** Split the weight gradient's pixel sum so the grid has enough workgroups; slices of >= 256. */
-function splitPixels(
-  pixels: number,
-  tiles: number,
-  outputSize: number,
-  gpu: Gpu,
-): { slices: number; sliceLen: number } {
-  // Several waves of workgroups balance the load; each slice keeps >= 256 pixels so the scratch
-  // and the second pass stay small next to the product.
-  const wanted = 8 * parallelSlots(gpu);
-  const minSliceLen = 256;
-  let slices = Math.max(1, Math.min(ceilDiv(wanted, tiles), Math.floor(pixels / minSliceLen)));
+/** How the weight gradient's GEMM (M x N, K = pixels) is tiled and its pixel sum split. */
+interface WeightGradPlan {
+  tile: TileShape;
+  /** K slices in all (each writes one partial product when there is more than one). */
+  slices: number;
+  /** Pixels per slice, a multiple of 16. */
+  sliceLen: number;
+  /** Each row of invocations in a workgroup takes its own slice (the LANE_SLICES override). */
+  laneSlices: boolean;
+  /** Slices per workgroup: WG_Y with lane slices, else 1. */
+  lanesPerSliceGroup: number;
+}
+
+/** Slices keep at least this many pixels, so the scratch and second pass stay small. */
+const MIN_SLICE_PIXELS = 256;
+
+/**
+ * Tile and split the weight gradient. Usually a workgroup tiles M x N and grid z runs over K
+ * slices. When M fits one invocation's 16 rows (stems and small 1x1 convolutions: M = 9, 8, 27)
+ * and invocations load directly (CPU adapters), the workgroup's rows of invocations would mostly
+ * load rows past M and be discarded; instead each row of invocations takes its own K slice.
+ */
+function weightGradPlan(gpu: Gpu, m: number, n: number, pixels: number): WeightGradPlan {
+  const direct = !staged(gpu);
+  const wgX = columnLanes(n);
+  const laneRows = Math.max(1, 8 / wgX);
+  const laneSlices = direct && m <= 16 && laneRows > 1 &&
+    pixels >= MIN_SLICE_PIXELS * laneRows;
+  const tile = laneSlices
+    ? { ...tileShape(wgX, laneRows, false), tileM: 16 }
+    : chooseTile(gpu, m, n, true);
+  const lanesPerSliceGroup = laneSlices ? laneRows : 1;
+  const tiles = ceilDiv(m, tile.tileM) * ceilDiv(n, tile.tileN);
+  // Several waves of workgroups balance the load.
+  const wantedSlices = ceilDiv(8 * parallelSlots(gpu) * lanesPerSliceGroup, tiles);
+  let slices = Math.max(1, Math.min(wantedSlices, Math.floor(pixels / MIN_SLICE_PIXELS)));
   // The scratch must fit in one binding.
-  const maxSlices = Math.floor(gpu.maxBindingBytes / (4 * outputSize));
+  const maxSlices = Math.floor(gpu.maxBindingBytes / (4 * m * n));
   slices = Math.max(1, Math.min(slices, maxSlices));
   const sliceLen = ceilDiv(ceilDiv(pixels, slices), 16) * 16;
-  return { slices: ceilDiv(pixels, sliceLen), sliceLen };
+  slices = ceilDiv(pixels, sliceLen);
+  // Whole workgroups of lane slices: the last ones may start past the pixels and write zeros.
+  if (laneSlices) slices = ceilDiv(slices, lanesPerSliceGroup) * lanesPerSliceGroup;
+  return { tile, slices, sliceLen, laneSlices, lanesPerSliceGroup };
 }
 
 /** out (=, or += when accumulate) the sum over slices of partial [slices, length]. */

@@ -25,7 +25,8 @@
 // Weight gradient: K (the pixels) is cut into slices of SLICE_LEN (grid z); with one slice the
 // tile is written (or added, ACCUMULATE) straight into dW, otherwise each slice writes its partial
 // product to scratch [slices, M, N] and `reduce_slices` adds the slices in a fixed order. No
-// atomics, so the result is bitwise reproducible.
+// atomics, so the result is bitwise reproducible. With LANE_SLICES (M <= 16, direct loads) the
+// rows of invocations of one workgroup take consecutive slices instead of consecutive row blocks.
 //
 // Tiling: a workgroup of WG_X * WG_Y invocations computes a TILE_M x TILE_N block of C with
 // TILE_M = 16 WG_Y, TILE_N = 16 WG_X; each invocation owns a 16 x 16 block in registers (16 rows of
@@ -55,7 +56,8 @@
 //                          TEXTURE_OPERANDS (the wrapper binds a placeholder texture otherwise).
 //                          lavapipe loads a texel per lane in ~1/3 of the time of a buffer vec4
 //                          (no per-lane scalar loop), and loads dominate the direct path.
-// Dispatch of `main`: (ceil(M / TILE_M), ceil(N / TILE_N), slices) workgroups of WG_X * WG_Y.
+// Dispatch of `main`: (ceil(M / TILE_M), ceil(N / TILE_N), slices) workgroups of WG_X * WG_Y;
+// with LANE_SLICES (ceil(M / 16), ceil(N / TILE_N), slices / WG_Y).
 //
 // `bias_grad_partial`: partial[s, c] = sum of dy[m, c] over the rows of slice s (SLICE_LEN rows);
 //   in_a = dy, out = partial [SLICES, OUT_C]; one invocation per (column quad, slice), 64 per
@@ -102,6 +104,9 @@ override TEXTURE_WIDTH: u32 = 4096u;
 // Weight gradient: pixels per K slice (a multiple of TILE_K); SPLIT when there is more than one.
 override SLICE_LEN: u32 = 16u;
 override SPLIT: bool = false;
+// Weight gradient with M <= 16 and direct loads: each row of invocations (ty) takes its own K
+// slice, wid.z * WG_Y + ty, over the same 16 rows, instead of rows past M that are discarded.
+override LANE_SLICES: bool = false;
 // Input gradient: which phase (input row mod STRIDE, column mod STRIDE) this pipeline computes.
 override PHASE_H: u32 = 0u;
 override PHASE_W: u32 = 0u;
@@ -605,16 +610,20 @@ fn write_row(row: u32, col0: u32, slice: u32, r: mat4x4<f32>) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let m0 = wid.x * TILE_M;
   let n0 = wid.y * TILE_N;
-  let slice = wid.z;
+  let tx = lid % WG_X;
+  let ty = lid / WG_X;
+  var slice = wid.z;
+  var row0 = m0 + 16u * ty;
+  if (LANE_SLICES) {
+    slice = wid.z * WG_Y + ty;
+    row0 = 16u * wid.x;
+  }
   var k_begin = 0u;
   var k_end = GEMM_K;
   if (PASS == PASS_WEIGHT_GRAD) {
     k_begin = slice * SLICE_LEN;
     k_end = min(GEMM_K, k_begin + SLICE_LEN);
   }
-  let tx = lid % WG_X;
-  let ty = lid / WG_X;
-  let row0 = m0 + 16u * ty;
   let col0 = n0 + 16u * tx;
   if (STAGED) {
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {

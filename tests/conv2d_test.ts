@@ -280,6 +280,36 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
     accumulate: false,
   },
   {
+    name: "3x3 small-image stem, Cin = 1 (weight gradient: M = 9, a K slice per invocation row)",
+    shape: {
+      batch: 4,
+      inHeight: 28,
+      inWidth: 28,
+      inChannels: 1,
+      outChannels: 8,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    },
+    bias: false,
+    accumulate: true,
+  },
+  {
+    name: "1x1 stride 2, Cin = 4 -> 24 (weight gradient: M = 4, slices per row of 2 invocations)",
+    shape: {
+      batch: 12,
+      inHeight: 19,
+      inWidth: 20,
+      inChannels: 4,
+      outChannels: 24,
+      kernelSize: 1,
+      stride: 2,
+      padding: 0,
+    },
+    bias: false,
+    accumulate: false,
+  },
+  {
     name: "channel counts not multiples of 4 everywhere (scalar paths), no padding",
     shape: {
       batch: 2,
