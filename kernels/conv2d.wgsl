@@ -518,12 +518,20 @@ fn tile_a_block(at: u32) -> mat4x4<f32> {
 // acc += A[row0 .. row0 + 15, k .. k + 3] · B[k .. k + 3, col0 .. col0 + 15], loaded straight from
 // global memory: the same 16 + 16 vec4 loads as the staged path, without staging them first.
 fn multiply_direct(row0: u32, col0: u32, k: u32, k_end: u32) {
-  let b = b_rows(
-    load_b_block(k, col0, k_end),
-    load_b_block(k, col0 + 4u, k_end),
-    load_b_block(k, col0 + 8u, k_end),
-    load_b_block(k, col0 + 12u, k_end),
-  );
+  // Column quads past a narrow N (N = 1 or 3: a stem's input gradient) are zero: skip their loads.
+  var q1 = mat4x4<f32>();
+  var q2 = mat4x4<f32>();
+  var q3 = mat4x4<f32>();
+  if (GEMM_N > 4u) {
+    q1 = load_b_block(k, col0 + 4u, k_end);
+  }
+  if (GEMM_N > 8u) {
+    q2 = load_b_block(k, col0 + 8u, k_end);
+  }
+  if (GEMM_N > 12u) {
+    q3 = load_b_block(k, col0 + 12u, k_end);
+  }
+  let b = b_rows(load_b_block(k, col0, k_end), q1, q2, q3);
   update_rows(0u, load_a_block(row0, k, k_end), b);
   update_rows(1u, load_a_block(row0 + 4u, k, k_end), b);
   update_rows(2u, load_a_block(row0 + 8u, k, k_end), b);
