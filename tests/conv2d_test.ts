@@ -250,6 +250,21 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
     accumulate: false,
   },
   {
+    name: "1x1 stride 1, 132 -> 140 channels (16 invocations across N; N, M off the tile)",
+    shape: {
+      batch: 1,
+      inHeight: 5,
+      inWidth: 3,
+      inChannels: 132,
+      outChannels: 140,
+      kernelSize: 1,
+      stride: 1,
+      padding: 0,
+    },
+    bias: true,
+    accumulate: false,
+  },
+  {
     name: "7x7 stride 2 pad 3 stem, Cin = 3, bias",
     shape: {
       batch: 2,
