@@ -8,7 +8,8 @@
 //
 // Entry point `main`, specialised by PASS, computes C = A · B tile by tile:
 //   PASS_FORWARD      y = im2col(x) · W (+ bias)
-//                     M = BATCH*OUT_H*OUT_W, N = OUT_C, K = KERNEL²*IN_C
+//                     M = BATCH*OUT_H*OUT_W, N = OUT_C, K = KERNEL²*IN_C (IN_C % 4 != 0:
+//                     KERNEL*ROW_K, kernel rows padded to whole vec4; see ROW_PACKED)
 //   PASS_INPUT_GRAD   dx = gather(dy) · Wᵀ, one stride phase per dispatch
 //                     M = BATCH*PH_H*PH_W, N = IN_C, K = TAPS_H*TAPS_W*OUT_C
 //   PASS_WEIGHT_GRAD  dW = im2col(x)ᵀ · dy, one K slice per grid z
@@ -130,6 +131,15 @@ override TAPS_W: u32 = (KERNEL + STRIDE - 1u - KW0) / STRIDE;
 override BASE_H: u32 = (PHASE_H + PAD - KH0) / STRIDE;
 override BASE_W: u32 = (PHASE_W + PAD - KW0) / STRIDE;
 
+// Forward with IN_C % 4 != 0 (stems: Cin = 1 or 3): k runs over kernel rows, each padded from
+// ROW_LEN = KERNEL * IN_C to ROW_K (a multiple of 4) elements whose weights read as zero. One
+// kernel row's taps are ROW_LEN consecutive floats of x (KERNEL adjacent pixels of IN_C channels),
+// so 4 consecutive k are 4 consecutive floats, two vec4 loads instead of four element loads, for
+// (ROW_K - ROW_LEN) / ROW_LEN more multiply-adds (1/7 on the 7x7 RGB stem).
+override ROW_PACKED: bool = PASS == PASS_FORWARD && IN_C % 4u != 0u;
+override ROW_LEN: u32 = KERNEL * IN_C;
+override ROW_K: u32 = (ROW_LEN + 3u) / 4u * 4u;
+
 // GEMM extents for this PASS.
 override GEMM_M: u32 = select(
   select(BATCH * OUT_H * OUT_W, BATCH * PH_H * PH_W, PASS == PASS_INPUT_GRAD),
@@ -138,7 +148,11 @@ override GEMM_M: u32 = select(
 );
 override GEMM_N: u32 = select(OUT_C, IN_C, PASS == PASS_INPUT_GRAD);
 override GEMM_K: u32 = select(
-  select(KERNEL * KERNEL * IN_C, TAPS_H * TAPS_W * OUT_C, PASS == PASS_INPUT_GRAD),
+  select(
+    select(KERNEL * KERNEL * IN_C, KERNEL * ROW_K, ROW_PACKED),
+    TAPS_H * TAPS_W * OUT_C,
+    PASS == PASS_INPUT_GRAD,
+  ),
   BATCH * OUT_H * OUT_W,
   PASS == PASS_WEIGHT_GRAD,
 );
@@ -231,12 +245,33 @@ fn forward_a(m: u32, k: u32) -> vec4<f32> {
     let valid = row_valid & (k < GEMM_K) & inside(ih, IN_H) & inside(iw, IN_W);
     return quad_a(((n * IN_H + u32(ih)) * IN_W + u32(iw)) * IN_C + k % IN_C, valid);
   }
-  return vec4<f32>(
-    x_tap_element(n, ih0, iw0, k, row_valid & (k < GEMM_K)),
-    x_tap_element(n, ih0, iw0, k + 1u, row_valid & (k + 1u < GEMM_K)),
-    x_tap_element(n, ih0, iw0, k + 2u, row_valid & (k + 2u < GEMM_K)),
-    x_tap_element(n, ih0, iw0, k + 3u, row_valid & (k + 3u < GEMM_K)),
-  );
+  // ROW_PACKED: k = (kh, r), elements r .. r + 3 of kernel row kh are x's floats from `first`.
+  let kh = k / ROW_K;
+  let r = k % ROW_K;
+  let ih = ih0 + i32(kh);
+  let row_ok = row_valid & (k < GEMM_K) & inside(ih, IN_H);
+  let first = ((i32(n * IN_H) + ih) * i32(IN_W) + iw0) * i32(IN_C) + i32(r);
+  var valid = vec4<bool>();
+  for (var j = 0u; j < 4u; j++) {
+    let iw = iw0 + i32((r + j) / IN_C);
+    valid[j] = row_ok & (r + j < ROW_LEN) & inside(iw, IN_W);
+  }
+  return select(vec4<f32>(0.0), unaligned_quad_a(first, row_ok), valid);
+}
+
+// A's floats a .. a + 3 for a float index a that need not be a multiple of 4 and may be negative
+// (the floats outside x are garbage, for the caller to mask): the two vec4 that hold them, shifted
+// by a mod 4 with selects (branch-free). `ok` false reads vec4 0 and 1.
+fn unaligned_quad_a(a: i32, ok: bool) -> vec4<f32> {
+  let q = select(0, a >> 2u, ok); // floor(a / 4), also for negative a
+  let lo = vec4_a(u32(max(q, 0)));
+  let hi = vec4_a(u32(q + 1));
+  let shift = a & 3;
+  var v = lo;
+  v = select(v, vec4<f32>(lo.yzw, hi.x), shift == 1);
+  v = select(v, vec4<f32>(lo.zw, hi.xy), shift == 2);
+  v = select(v, vec4<f32>(lo.w, hi.xyz), shift == 3);
+  return v;
 }
 
 // x at image n for the tap index kc = (kh, kw, ci), relative to the window corner (ih0, iw0);
@@ -337,8 +372,18 @@ fn weight_grad_a(m: u32, k: u32, k_end: u32) -> vec4<f32> {
 
 // Row k (< k_end) of a row-major [*, GEMM_N] matrix in in_b, columns c .. c + 3.
 fn row_major_b(k: u32, c: u32, k_end: u32) -> vec4<f32> {
-  let row_valid = k < k_end;
-  let first = k * GEMM_N + c;
+  return matrix_row_b(k, k < k_end, c);
+}
+
+// ROW_PACKED forward: the weight row of k = (kh, r), zero in a kernel row's padding (r >= ROW_LEN).
+fn packed_weight_b(k: u32, c: u32) -> vec4<f32> {
+  let r = k % ROW_K;
+  return matrix_row_b((k / ROW_K) * ROW_LEN + r, (r < ROW_LEN) & (k < GEMM_K), c);
+}
+
+// Row `row` of a row-major [*, GEMM_N] matrix in in_b, columns c .. c + 3; zero unless row_valid.
+fn matrix_row_b(row: u32, row_valid: bool, c: u32) -> vec4<f32> {
+  let first = row * GEMM_N + c;
   if (GEMM_N % 4u == 0u) {
     return quad_b(first, row_valid & (c < GEMM_N));
   }
@@ -390,6 +435,14 @@ fn load_b_block(k: u32, c: u32, k_end: u32) -> mat4x4<f32> {
       input_grad_b(k, c + 2u),
       input_grad_b(k, c + 3u),
     ));
+  }
+  if (ROW_PACKED) {
+    return mat4x4<f32>(
+      packed_weight_b(k, c),
+      packed_weight_b(k + 1u, c),
+      packed_weight_b(k + 2u, c),
+      packed_weight_b(k + 3u, c),
+    );
   }
   // Forward: W is row-major [K, OUT_C]; weight grad: dy is row-major [pixels, OUT_C].
   return mat4x4<f32>(
