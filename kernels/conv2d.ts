@@ -379,9 +379,10 @@ const MIN_SLICE_PIXELS = 256;
 
 /**
  * Tile and split the weight gradient. Usually a workgroup tiles M x N and grid z runs over K
- * slices. When M fits one invocation's 16 rows (stems and small 1x1 convolutions: M = 9, 8, 27)
- * and invocations load directly (CPU adapters), the workgroup's rows of invocations would mostly
- * load rows past M and be discarded; instead each row of invocations takes its own K slice.
+ * slices. When M fits one invocation's 16 rows (the 3x3 stem on gray images: M = 9; 1x1
+ * convolutions of <= 16 input channels) and invocations load directly (CPU adapters), the
+ * workgroup's rows of invocations would mostly load rows past M and be discarded; instead each
+ * row of invocations takes its own K slice.
  */
 function weightGradPlan(gpu: Gpu, m: number, n: number, pixels: number): WeightGradPlan {
   const direct = !staged(gpu);
