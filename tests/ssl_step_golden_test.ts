@@ -107,17 +107,23 @@ Deno.test({
       if (step === 0) {
         const params = model.online.parameters();
         const grads = await gpu.read(params.map((p) => p.grad));
+        const reference = (name: string) =>
+          tensor(`grad/${torchName(name, !backboneNames.has(name))}`);
+        const maxAbs = (values: ArrayLike<number>) =>
+          Array.from(values).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
         params.forEach((p, i) => {
-          const g = tensor(`grad/${torchName(p.name, !backboneNames.has(p.name))}`);
+          const g = reference(p.name);
           const expected = p.layout === "hwio" ? oihwToHwio(g.data, g.shape).data : g.data;
           // Gradients mix the loss's 1/n and LARS-free raw values; scale atol to the tensor.
-          const scale = expected.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-          assertClose(
-            grads[i],
-            expected,
-            { atol: 2e-3 * scale + 1e-7, rtol: 2e-3 },
-            `grad ${p.name}`,
-          );
+          let atol = 2e-3 * maxAbs(expected) + 1e-7;
+          if (maxAbs(expected) < 1e-12) {
+            // A bias feeding a BatchNorm: its gradient is zero analytically (PyTorch's are
+            // ~1e-16) and ours is float32 cancellation noise, which scales with the layer's
+            // weight gradient (measured up to 3e-7 of it): allow 2e-5 of that.
+            assert.ok(p.name.endsWith(".bias"), `grad ${p.name}: all zero in PyTorch`);
+            atol = 2e-5 * maxAbs(reference(p.name.replace(/bias$/, "weight")).data);
+          }
+          assertClose(grads[i], expected, { atol, rtol: 2e-3 }, `grad ${p.name}`);
         });
       }
     }
