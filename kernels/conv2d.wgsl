@@ -571,7 +571,8 @@ fn tile_a_block(at: u32) -> mat4x4<f32> {
 // acc += A[row0 .. row0 + 15, k .. k + 3] · B[k .. k + 3, col0 .. col0 + 15], loaded straight from
 // global memory: the same 16 + 16 vec4 loads as the staged path, without staging them first.
 fn multiply_direct(row0: u32, col0: u32, k: u32, k_end: u32) {
-  // Column quads past a narrow N (N = 1 or 3: a stem's input gradient) are zero: skip their loads.
+  // Column quads past a narrow N (N <= 12; a stem's input gradient has N = 1 or 3) are zero: skip
+  // their loads.
   var q1 = mat4x4<f32>();
   var q2 = mat4x4<f32>();
   var q3 = mat4x4<f32>();
