@@ -15,7 +15,7 @@
  *   backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: scaledWidths(0.5) },
  *   projectorHidden: 512, projectorOut: 128, predictorHidden: 512,
  *   loss: { kind: "triplet", window: [2, 10] },
- * }, 128, 0);
+ * }, 128, 0, { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 });
  * ```
  * @module
  */
@@ -101,7 +101,7 @@ export {
   SslLoss,
 } from "./kernels/ssl_loss.ts";
 /** EMA of the target network and METHOD.md's cosine momentum schedule. */
-export { emaUpdate, momentumAt } from "./kernels/ema.ts";
+export { emaUpdate } from "./kernels/ema.ts";
 /** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
 export { type LarsOptions, larsStep, type SgdOptions, sgdStep } from "./kernels/optimizer.ts";
 /** Weighted kNN vote (the kNN monitor). */
@@ -145,8 +145,16 @@ export {
 } from "./models/ssl.ts";
 /** The smallest rank k whose negative deputy is a false negative with probability <= epsilon. */
 export { bernoulliK, binomialTail } from "./models/bernoulli.ts";
-/** Warm-up + cosine learning rate, linear lr scaling. */
-export { learningRateAt, scaledLearningRate } from "./models/schedule.ts";
+/** A run's schedule: steps, warm-up + cosine learning rate (two shapes), EMA momentum. */
+export {
+  learningRateAt,
+  LR_SHAPES,
+  type LrShape,
+  momentumAt,
+  releasedLearningRateAt,
+  Schedule,
+  type ScheduleConfig,
+} from "./models/schedule.ts";
 /** Activation memory estimate and the largest batch that fits. */
 export { checkBatchFits, estimateStepMemory } from "./models/memory.ts";
 /** safetensors checkpoints with torchvision names (atomic writes). */

@@ -305,7 +305,12 @@ function sslPresetStep(gpu: Gpu): { step: () => Promise<number>; images: number;
     predictorHidden: preset.predictorHidden,
     loss: preset.loss,
   };
-  const model = new SslModel(gpu, config, preset.batch, preset.seed);
+  const { momentum, weightDecay, eta } = preset;
+  const model = new SslModel(gpu, config, preset.batch, preset.seed, {
+    momentum,
+    weightDecay,
+    eta,
+  });
   const rng = new Rng(1);
   const viewShape = [preset.batch, preset.imageSize, preset.imageSize, 1];
   const viewSize = viewShape.reduce((a, b) => a * b, 1);
@@ -319,7 +324,7 @@ function sslPresetStep(gpu: Gpu): { step: () => Promise<number>; images: number;
     `${preset.batch}x${preset.accum}, ${preset.loss.kind} loss, LARS + EMA, loss read back`;
   return {
     step: async () => {
-      model.step(microBatches, preset.lr, preset.emaBase, preset, lossOut);
+      model.step(microBatches, preset.lr, preset.emaBase, lossOut);
       const losses = await lossOut.read();
       return losses[0];
     },

@@ -31,7 +31,8 @@ export interface Dataset {
 }
 
 /** Names accepted by {@link loadDataset}. */
-export type DatasetName = "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "folder";
+export const DATASET_NAMES = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] as const;
+export type DatasetName = typeof DATASET_NAMES[number];
 
 /** Options of {@link loadDataset}. */
 export interface LoadOptions {

@@ -7,9 +7,12 @@
  * step k covers positions [k mod S * B, ...) of epoch floor(k / S) (S steps per epoch, B the
  * batch size), and the views of step k use augmentation step k. Resuming at a step reproduces
  * the same batches. With gradient accumulation every micro-batch is one loader step (so each has
- * its own augmentation stream): optimizer step k uses loader steps k*A .. k*A+A-1.
+ * its own augmentation stream): optimizer step k uses loader steps k*A .. k*A+A-1. With R
+ * data-parallel ranks the stream is global: rank r takes loader steps k*A*R + r*A .. + A-1 of
+ * optimizer step k, so R ranks see exactly the micro-batches of one process with accumulation A*R.
  */
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import type { MicroBatch } from "../models/ssl.ts";
 import { type Dataset, shuffledOrder } from "./dataset.ts";
 import {
   type Augmenter,
@@ -23,7 +26,7 @@ import {
 export interface LoaderOptions {
   batchSize: number;
   seed: number;
-  /** The first step (to resume a run). Default 0. */
+  /** The first loader step (to resume a run). Default 0. */
   startStep?: number;
   /** When given, every batch also carries its two augmented views. */
   augmenter?: Augmenter;
@@ -31,6 +34,27 @@ export interface LoaderOptions {
   shuffle?: boolean;
   /** Drop the last incomplete batch of an epoch (default true: BatchNorm wants full batches). */
   dropLast?: boolean;
+}
+
+/** Options of {@link BatchLoader.forTraining}. */
+export interface TrainingLoaderOptions {
+  batchSize: number;
+  seed: number;
+  augmenter: Augmenter;
+  /** Micro-batches per optimizer step on this rank (gradient accumulation). */
+  accum: number;
+  /** The optimizer step to start at (to resume a run). */
+  startStep: number;
+  /** Data-parallel rank and world size (default 0 of 1). */
+  rank?: number;
+  ranks?: number;
+}
+
+/** One optimizer step's micro-batches, in the model's view shape. */
+export interface StepBatches {
+  microBatches: MicroBatch[];
+  /** Release every tensor of the step's batches. */
+  release(): void;
 }
 
 /** One step's data, on the GPU. */
@@ -56,10 +80,31 @@ export interface Batch {
 /** Yields batches in order of steps, the next one prefetched. */
 export class BatchLoader {
   readonly stepsPerEpoch: number;
-  private nextStep: number;
   private pending: { step: number; batch: Promise<Batch> } | undefined;
   private orders = new Map<number, Uint32Array>();
   private closed = false;
+  /** Loader steps of this rank: its position p (0, 1, ...) -> the loader step it takes. */
+  private stepOf: (position: number) => number = (p) => p;
+  private position: number;
+  /** Loader steps per {@link nextStep} call. */
+  private accum = 1;
+
+  /**
+   * A loader for training: each optimizer step is `accum` consecutive loader steps of this rank's
+   * share of the global stream (see the module comment), handed out together by {@link nextStep}.
+   */
+  static forTraining(gpu: Gpu, dataset: Dataset, options: TrainingLoaderOptions): BatchLoader {
+    const { accum, startStep, rank = 0, ranks = 1 } = options;
+    const loader = new BatchLoader(gpu, dataset, {
+      batchSize: options.batchSize,
+      seed: options.seed,
+      augmenter: options.augmenter,
+    });
+    loader.stepOf = (p) => Math.floor(p / accum) * accum * ranks + rank * accum + (p % accum);
+    loader.position = startStep * accum;
+    loader.accum = accum;
+    return loader;
+  }
 
   constructor(readonly gpu: Gpu, readonly dataset: Dataset, readonly options: LoaderOptions) {
     const { batchSize } = options;
@@ -86,7 +131,7 @@ export class BatchLoader {
         );
       }
     }
-    this.nextStep = options.startStep ?? 0;
+    this.position = options.startStep ?? 0;
   }
 
   /** The dataset indices of a step's samples. */
@@ -103,10 +148,21 @@ export class BatchLoader {
    */
   next(): Promise<Batch> {
     if (this.closed) return Promise.reject(new Error("BatchLoader: next() after close()"));
-    const step = this.nextStep++;
+    const step = this.stepOf(this.position++);
     const current = this.pending?.step === step ? this.pending.batch : this.load(step);
-    this.pending = { step: step + 1, batch: this.load(step + 1) };
+    const following = this.stepOf(this.position);
+    this.pending = { step: following, batch: this.load(following) };
     return current;
+  }
+
+  /** The micro-batches of the next optimizer step (a loader made by {@link forTraining}). */
+  async nextStep(): Promise<StepBatches> {
+    const batches: Batch[] = [];
+    for (let i = 0; i < this.accum; i++) batches.push(await this.next());
+    return {
+      microBatches: batches.map(toMicroBatch),
+      release: () => batches.forEach((b) => b.release()),
+    };
   }
 
   /** Batches forever (stop with `break`; then call close()). */
@@ -188,4 +244,10 @@ function branchInputs(augmenter: Augmenter, views: Views, seed: number, step: nu
     online: [views.view1, views.view2],
     target: [views.view1, views.view2],
   };
+}
+
+/** A batch's branch inputs in the model's shape (online views, target views). */
+function toMicroBatch(batch: Batch): MicroBatch {
+  const { online, target } = batch.branches!;
+  return { view1: online[0], view2: online[1], targetView1: target[0], targetView2: target[1] };
 }

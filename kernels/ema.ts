@@ -1,18 +1,5 @@
-/** The target network's exponential moving average update and its momentum schedule. */
+/** The target network's exponential moving average update (its momentum: models/schedule.ts). */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
-
-/**
- * METHOD.md's momentum at step k of K: m = 1 - (1 - base) (cos(pi k / K) + 1) / 2, rising from
- * `base` at k = 0 to 1 at k = K.
- */
-export function momentumAt(step: number, totalSteps: number, base = 0.99): number {
-  if (!(totalSteps > 0)) throw new Error(`momentumAt: totalSteps must be > 0, got ${totalSteps}`);
-  if (!(step >= 0 && step <= totalSteps)) {
-    throw new Error(`momentumAt: step ${step} outside 0..${totalSteps}`);
-  }
-  if (!(base >= 0 && base <= 1)) throw new Error(`momentumAt: base ${base} outside [0, 1]`);
-  return 1 - (1 - base) * (Math.cos(Math.PI * step / totalSteps) + 1) / 2;
-}
 
 /**
  * target <- m * target + (1 - m) * online for each pair of tensors (parameters and BatchNorm

@@ -19,8 +19,10 @@ import {
 import { byolBackward, byolForward } from "./byol.ts";
 import { infoNceBackward, infoNceForward } from "./infonce.ts";
 
-/** Which objective: the triplet family (by negative deputy), BYOL, or InfoNCE. */
-export type LossKind = "triplet" | "rank-k" | "median" | "hardest" | "byol" | "infonce";
+/** The objectives: the triplet family (by negative deputy), BYOL, InfoNCE. */
+export const LOSS_KINDS = ["triplet", "rank-k", "median", "hardest", "byol", "infonce"] as const;
+/** Which objective. */
+export type LossKind = typeof LOSS_KINDS[number];
 
 /** An objective and its hyper-parameters (unset ones take METHOD.md's values). */
 export interface LossConfig {

@@ -27,6 +27,8 @@ export const ARCHITECTURES = {
 
 /** Architecture names. */
 export type Arch = keyof typeof ARCHITECTURES;
+/** Every architecture name, in order of depth. */
+export const ARCH_NAMES = Object.keys(ARCHITECTURES) as Arch[];
 
 /** What defines a backbone. */
 export interface ResNetConfig {

@@ -7,7 +7,7 @@ import type { Gpu, Tensor } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
 import { scale } from "../kernels/elementwise.ts";
 import { larsStep } from "../kernels/optimizer.ts";
-import { emaUpdate, momentumAt } from "../kernels/ema.ts";
+import { emaUpdate } from "../kernels/ema.ts";
 import { type LossConfig, SslLoss } from "../kernels/ssl_loss.ts";
 import {
   type BatchCounter,
@@ -119,6 +119,7 @@ export class SslModel {
     readonly config: SslModelConfig,
     readonly batch: number,
     seed: number,
+    readonly lars: LarsConfig,
   ) {
     this.onlineCtx = new Context(gpu);
     this.targetCtx = new Context(gpu);
@@ -152,18 +153,21 @@ export class SslModel {
 
   /**
    * One optimizer step over `microBatches` (each: the two augmented views, NHWC; the target
-   * branch may see its own rescaled copies). Writes the loss of every direction and micro-batch
-   * into `lossOut` (no readback here).
+   * branch may see its own rescaled copies): gradients, then LARS and EMA. Writes the loss of
+   * every direction and micro-batch into `lossOut` (no readback here).
    */
-  step(
-    microBatches: MicroBatch[],
-    lr: number,
-    emaMomentum: number,
-    lars: LarsConfig,
-    lossOut: Tensor,
-  ): void {
-    const gpu = this.gpu;
-    zeroGrads(gpu, this.online);
+  step(microBatches: MicroBatch[], lr: number, emaMomentum: number, lossOut: Tensor): void {
+    this.accumulateGradients(microBatches, lossOut);
+    this.update(lr, emaMomentum);
+  }
+
+  /**
+   * Forward and backward of every micro-batch: the online gradients become the mean over the
+   * micro-batches (each scaled by 1 / count). Data-parallel training all-reduces them between
+   * this and {@link update}.
+   */
+  accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
+    zeroGrads(this.gpu, this.online);
     const gradScale = 1 / microBatches.length;
     microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
       if (this.config.loss.kind === "infonce") {
@@ -188,17 +192,22 @@ export class SslModel {
       this.onlineCtx.releaseActivations();
       this.targetCtx.releaseActivations();
     });
+  }
+
+  /** LARS on the online parameters with the current gradients, then the target's EMA. */
+  update(lr: number, emaMomentum: number): void {
+    const { momentum, weightDecay, eta } = this.lars;
     this.online.parameters().forEach((p, i) => {
-      larsStep(gpu, p.value, p.grad, this.velocity[i], this.norms, 2 * i, {
+      larsStep(this.gpu, p.value, p.grad, this.velocity[i], this.norms, 2 * i, {
         lr,
-        momentum: lars.momentum,
-        weightDecay: lars.weightDecay,
-        eta: lars.eta,
+        momentum,
+        weightDecay,
+        eta,
         excluded: p.excludeFromLars,
       });
     });
     const pairs = this.pairs();
-    emaUpdate(gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), emaMomentum);
+    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), emaMomentum);
   }
 
   /** Loss values written per optimizer step (directions x micro-batches). */
@@ -217,6 +226,3 @@ export class SslModel {
     return out;
   }
 }
-
-/** EMA momentum for step k of K (METHOD.md: rises from base to 1 on a cosine). */
-export { momentumAt };

@@ -14,7 +14,7 @@ import { ResNet } from "../models/resnet.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
 import { bernoulliK, binomialTail } from "../models/bernoulli.ts";
 import type { Dataset } from "../data/dataset.ts";
-import { evaluationOptions, loadSplit, resolveConfig } from "./train.ts";
+import { evaluationOptions, loadSplit, resolveConfig } from "./train_config.ts";
 import type { TrainConfig } from "./presets.ts";
 import {
   finiteNumber,

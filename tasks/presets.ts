@@ -3,10 +3,9 @@
  * written to the run's config.json; each preset lists how it departs from METHOD.md and why.
  */
 import type { Arch } from "../models/resnet.ts";
-import type { LossConfig } from "../kernels/ssl_loss.ts";
-
-/** Datasets the tasks can load. */
-export type DatasetName = "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "folder";
+import type { LrShape } from "../models/schedule.ts";
+import { LOSS_DEFAULTS, type LossConfig } from "../kernels/ssl_loss.ts";
+import type { DatasetName } from "../data/dataset.ts";
 
 /** Everything a training run needs. */
 export interface TrainConfig {
@@ -41,6 +40,8 @@ export interface TrainConfig {
   /** Base learning rate (already scaled for the effective batch). */
   lr: number;
   warmupEpochs: number;
+  /** Learning-rate shape (models/schedule.ts): per-step warm-up + cosine, or the released code's. */
+  lrSchedule: LrShape;
   momentum: number;
   weightDecay: number;
   eta: number;
@@ -67,13 +68,10 @@ export interface TrainConfig {
   probeBatch: number;
 }
 
-const TRIPLET_DEFAULT: LossConfig = {
-  kind: "triplet",
-  window: [2, 10],
-  margin: 100,
-  gamma: 2,
-  temperature: 0.1,
-};
+/** METHOD.md's truncated triplet loss: smoothed rank-k over the window [2, 10]. */
+function tripletLoss(window: [number, number] = [...LOSS_DEFAULTS.window]): LossConfig {
+  return { kind: "triplet", ...LOSS_DEFAULTS, window };
+}
 
 /** Presets by name; `small` is the default. */
 export const PRESETS: Record<string, TrainConfig> = {
@@ -112,6 +110,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     steps: 750,
     lr: 3.0,
     warmupEpochs: 0.05,
+    lrSchedule: "per-step",
     momentum: 0.9,
     weightDecay: 1e-6,
     eta: 0.001,
@@ -119,7 +118,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     projectorHidden: 512,
     projectorOut: 64,
     predictorHidden: 512,
-    loss: { ...TRIPLET_DEFAULT, window: [11, 19] },
+    loss: tripletLoss([11, 19]),
     seed: 0,
     logEvery: 10,
     evalEvery: 250,
@@ -150,6 +149,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     epochs: 200,
     lr: 4.8 * 64 / 4096,
     warmupEpochs: 10,
+    lrSchedule: "per-step",
     momentum: 0.9,
     weightDecay: 1e-6,
     eta: 0.001,
@@ -157,7 +157,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     projectorHidden: 4096,
     projectorOut: 256,
     predictorHidden: 4096,
-    loss: TRIPLET_DEFAULT,
+    loss: tripletLoss(),
     seed: 0,
     logEvery: 20,
     evalEvery: 0,

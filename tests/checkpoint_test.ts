@@ -9,6 +9,7 @@ const torchvision = JSON.parse(
   await Deno.readTextFile(new URL("./golden/torchvision_keys.json", import.meta.url)),
 );
 
+const LARS = { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 };
 const SMALL: SslModelConfig = {
   backbone: { arch: "resnet18", inChannels: 1, smallImage: true, widths: [4, 8, 8, 16] },
   projectorHidden: 16,
@@ -57,19 +58,15 @@ Deno.test({
     const gpu = await testGpu();
     const dir = await Deno.makeTempDir();
     const path = `${dir}/checkpoint.safetensors`;
-    const a = new SslModel(gpu, SMALL, 4, 1);
+    const a = new SslModel(gpu, SMALL, 4, 1, LARS);
     const rng = new Rng(3);
     const images = gpu.upload(rng.normals(4 * 8 * 8), [4, 8, 8, 1]);
     const other = gpu.upload(rng.normals(4 * 8 * 8), [4, 8, 8, 1]);
     // Take one step so the velocity, target and running statistics are not at their initial values.
     const lossOut = gpu.empty([2]);
-    a.step([{ view1: images, view2: other }], 0.5, 0.9, {
-      momentum: 0.9,
-      weightDecay: 1e-6,
-      eta: 0.001,
-    }, lossOut);
+    a.step([{ view1: images, view2: other }], 0.5, 0.9, lossOut);
     await saveCheckpoint(path, a, { step: 1, note: "test" });
-    const b = new SslModel(gpu, SMALL, 4, 99);
+    const b = new SslModel(gpu, SMALL, 4, 99, LARS);
     const state = await loadCheckpoint(path, b);
     assert.equal(state.step, 1);
     for (const model of [a, b]) model.online.ctx.mode = "eval";
@@ -108,6 +105,7 @@ Deno.test({
       },
       4,
       0,
+      LARS,
     );
     await saveCheckpoint(path, model, { step: 0 });
     const file = await loadSafetensors(path);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import { emaUpdate, momentumAt } from "../kernels/ema.ts";
+import { emaUpdate } from "../kernels/ema.ts";
+import { momentumAt } from "../models/schedule.ts";
 
 Deno.test("ema: momentumAt follows 1 - (1 - base)(cos(pi k/K) + 1)/2", () => {
   assert.equal(momentumAt(0, 100), 0.99);

@@ -77,19 +77,14 @@ Deno.test({
       },
       2,
       7,
+      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
     );
     const rng = new Rng(1);
     const view1 = gpu.upload(rng.normals(2 * 32 * 32 * 3), [2, 32, 32, 3]);
     const view2 = gpu.upload(rng.normals(2 * 32 * 32 * 3), [2, 32, 32, 3]);
     const lossOut = gpu.empty([2]);
     const before = await model.online.parameters()[0].value.read();
-    model.step(
-      [{ view1, view2 }],
-      0.1,
-      0.99,
-      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
-      lossOut,
-    );
+    model.step([{ view1, view2 }], 0.1, 0.99, lossOut);
     const params = model.online.parameters();
     const [losses, after, stemGrad, lastGrad] = await gpu.read([
       lossOut,

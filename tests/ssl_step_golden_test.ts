@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { assertClose, gpuTest, testGpu } from "./util.ts";
 import { SslModel } from "../models/ssl.ts";
 import { oihwToHwio } from "../models/checkpoint.ts";
-import { momentumAt } from "../kernels/ema.ts";
+import { momentumAt } from "../models/schedule.ts";
 
 interface Golden {
   config: {
@@ -66,6 +66,7 @@ Deno.test({
       },
       c.batch,
       0,
+      { momentum: c.momentum, weightDecay: c.weightDecay, eta: c.eta },
     );
     const backboneNames = new Set(model.online.backbone.parameters().map((p) => p.name));
     for (const s of model.online.backbone.states()) backboneNames.add(s.name);
@@ -90,17 +91,10 @@ Deno.test({
     // Features are O(1) after BN + ReLU + pooling; f32 vs f64 through 17 layers.
     assertClose(gotFeatures, tensor("features").data, { atol: 1e-4, rtol: 1e-3 }, "features");
 
-    const lars = { momentum: c.momentum, weightDecay: c.weightDecay, eta: c.eta };
     const losses: number[][] = [];
     for (let step = 0; step < c.steps; step++) {
       const lossOut = gpu.empty([2]);
-      model.step(
-        [{ view1, view2 }],
-        c.lr,
-        momentumAt(step, c.steps, c.baseEma),
-        lars,
-        lossOut,
-      );
+      model.step([{ view1, view2 }], c.lr, momentumAt(step, c.steps, c.baseEma), lossOut);
       const [values] = await gpu.read([lossOut]);
       losses.push(Array.from(values));
       lossOut.release();

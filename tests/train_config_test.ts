@@ -3,7 +3,7 @@
  * reaches both augmented views, and out-of-range values are refused with the flag's name.
  */
 import assert from "node:assert/strict";
-import { augmentConfig, resolveConfig } from "../tasks/train.ts";
+import { augmentConfig, resolveConfig } from "../tasks/train_config.ts";
 import { PRESETS } from "../tasks/presets.ts";
 
 Deno.test("train config: the small preset's recipe and its crop scale on both views", () => {

@@ -1,0 +1,381 @@
+/**
+ * The training task's flags (one table: parsing and --help come from it) and how they resolve
+ * against a preset into the run's {@link TrainConfig}; plus the settings derived from a config
+ * that several tasks need (model, augmentation, evaluation, datasets).
+ */
+import { parseArgs } from "node:util";
+import { type Dataset, DATASET_NAMES, DatasetError, loadDataset } from "../data/dataset.ts";
+import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augment_config.ts";
+import type { SslModelConfig } from "../models/ssl.ts";
+import type { EvaluationOptions } from "../models/evaluate.ts";
+import { ARCH_NAMES } from "../models/resnet.ts";
+import { LOSS_KINDS } from "../kernels/ssl_loss.ts";
+import { finiteNumber, nonNegativeInt, oneOf, positiveInt, UserError } from "./cli.ts";
+import { PRESETS, type TrainConfig } from "./presets.ts";
+
+/** One command-line flag: its value placeholder (none: a switch) and its help text. */
+interface FlagSpec {
+  name: string;
+  value?: string;
+  help: string;
+  /** The default preset's value, shown in --help. */
+  preset?: (preset: TrainConfig) => unknown;
+}
+
+const PRESET_NAMES = Object.keys(PRESETS);
+
+/** Every flag of `deno task train`, in --help order. */
+export const TRAIN_FLAGS: FlagSpec[] = [
+  { name: "preset", value: "NAME", help: `${PRESET_NAMES.join(" | ")}`, preset: (p) => p.preset },
+  { name: "arch", value: "NAME", help: ARCH_NAMES.join(" | "), preset: (p) => p.arch },
+  { name: "dataset", value: "NAME", help: DATASET_NAMES.join(" | "), preset: (p) => p.dataset },
+  { name: "data", value: "DIR", help: "dataset directory (folder: one sub-folder per class)" },
+  { name: "image-size", value: "N", help: "training resolution", preset: (p) => p.imageSize },
+  { name: "epochs", value: "N", help: "epochs over the training split", preset: (p) => p.epochs },
+  {
+    name: "steps",
+    value: "N",
+    help: "stop after N optimizer steps (overrides --epochs; 0 evaluates the untrained " +
+      "network: the random-init baseline)",
+    preset: (p) => p.steps,
+  },
+  {
+    name: "batch",
+    value: "N",
+    help: "images per micro-batch (negatives come from one micro-batch)",
+    preset: (p) => p.batch,
+  },
+  {
+    name: "accum",
+    value: "N",
+    help: "micro-batches per optimizer step (gradient accumulation)",
+    preset: (p) => p.accum,
+  },
+  { name: "lr", value: "X", help: "base learning rate", preset: (p) => p.lr },
+  {
+    name: "warmup-epochs",
+    value: "X",
+    help: "linear learning-rate warm-up length, in epochs",
+    preset: (p) => p.warmupEpochs,
+  },
+  {
+    name: "ema-base",
+    value: "X",
+    help: "target EMA momentum at step 0 (rises to 1 on a cosine; in [0, 1))",
+    preset: (p) => p.emaBase,
+  },
+  {
+    name: "crop-scale",
+    value: "X",
+    help: "smallest area fraction of the random resized crop (0 < X <= 1)",
+    preset: (p) => p.cropScaleMin,
+  },
+  { name: "loss", value: "NAME", help: LOSS_KINDS.join(" | "), preset: (p) => p.loss.kind },
+  {
+    name: "window",
+    value: "A,B",
+    help: "smoothed rank-k window of negatives (triplet)",
+    preset: (p) => p.loss.window,
+  },
+  { name: "k", value: "N", help: "rank of the negative deputy (rank-k; default 2)" },
+  { name: "margin", value: "X", help: "triplet margin M", preset: (p) => p.loss.margin },
+  {
+    name: "gamma",
+    value: "X",
+    help: "weight of the positive distance",
+    preset: (p) => p.loss.gamma,
+  },
+  {
+    name: "temperature",
+    value: "X",
+    help: "InfoNCE temperature",
+    preset: (p) => p.loss.temperature,
+  },
+  {
+    name: "seed",
+    value: "N",
+    help: "seed for initialisation, data order and augmentation",
+    preset: (p) => p.seed,
+  },
+  { name: "out", value: "DIR", help: "run directory (default runs/<preset>-<loss>-seed<N>)" },
+  { name: "resume", value: "DIR", help: "continue the run in DIR from its checkpoint" },
+  {
+    name: "widths",
+    value: "A,B,C,D",
+    help: "stage widths (torchvision: 64,128,256,512)",
+    preset: (p) => p.widths,
+  },
+  {
+    name: "log-every",
+    value: "N",
+    help: "optimizer steps between loss readbacks / log lines",
+    preset: (p) => p.logEvery,
+  },
+  {
+    name: "eval-every",
+    value: "N",
+    help: "kNN evaluation every N steps (0: only at the end)",
+    preset: (p) => p.evalEvery,
+  },
+  {
+    name: "eval-bank",
+    value: "N",
+    help: "training images in the kNN bank and probe set (0: all)",
+    preset: (p) => p.knnBankSize,
+  },
+  {
+    name: "eval-test",
+    value: "N",
+    help: "test images evaluated (0: all)",
+    preset: (p) => p.evalTestSize,
+  },
+  {
+    name: "probe-epochs",
+    value: "N",
+    help: "linear probe epochs at the end",
+    preset: (p) => p.probeEpochs,
+  },
+  { name: "no-probe", help: "skip the final linear probe" },
+  {
+    name: "checkpoint-every",
+    value: "N",
+    help: "also checkpoint every N steps (default: every epoch and at the end)",
+  },
+  {
+    name: "stop-after",
+    value: "N",
+    help: "act as if interrupted after step N (checkpoint, exit 130)",
+  },
+  {
+    name: "debug-nan-at",
+    value: "N",
+    help: "(testing) poison a weight with NaN before step N to exercise the NaN stop",
+  },
+  { name: "help", help: "this text" },
+];
+
+/** `deno task train --help`, generated from {@link TRAIN_FLAGS} and the default preset. */
+export function trainHelp(): string {
+  const rows = TRAIN_FLAGS.map((f) => {
+    const left = `  --${f.name}${f.value ? ` ${f.value}` : ""}`;
+    const shown = f.preset?.(PRESETS.small);
+    const suffix = shown === undefined ? "" : ` (small: ${shown})`;
+    return `${left.padEnd(23)}${f.help}${suffix}`;
+  });
+  return [
+    "usage: deno task train [flags]",
+    "",
+    "Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2021).",
+    "Defaults come from the preset; (small: X) is the default preset's value.",
+    "",
+    ...rows,
+  ].join("\n");
+}
+
+/** Parsed flags: strings and switches by flag name. */
+export type Flags = Record<string, string | boolean | undefined>;
+
+/** Parse the command line against {@link TRAIN_FLAGS}. */
+export function parseTrainFlags(args: string[]): Flags {
+  const options = Object.fromEntries(
+    TRAIN_FLAGS.map((f) => [
+      f.name,
+      {
+        type: f.value ? "string" as const : "boolean" as const,
+        ...(f.name === "help" ? { short: "h" } : {}),
+      },
+    ]),
+  );
+  try {
+    return parseArgs({ args, options }).values;
+  } catch (e) {
+    throw new UserError(`${(e as Error).message} (see --help)`);
+  }
+}
+
+/** Flags that are about this invocation, not the run's recipe (not written as overrides). */
+const INVOCATION_FLAGS = ["preset", "out", "help"];
+
+/** The preset with every flag applied; validated. */
+export function resolveConfig(flags: Flags): TrainConfig {
+  const presetName = (flags.preset as string | undefined) ?? "small";
+  const preset = PRESETS[presetName];
+  if (!preset) {
+    throw new UserError(
+      `unknown preset ${JSON.stringify(presetName)}: choose ${PRESET_NAMES.join(", ")}`,
+    );
+  }
+  const config: TrainConfig = structuredClone(preset);
+  config.overrides = Object.fromEntries(
+    Object.entries(flags).filter(([name, value]) =>
+      value !== undefined && !INVOCATION_FLAGS.includes(name)
+    ),
+  ) as Record<string, string | boolean>;
+  const str = (name: string) => flags[name] as string | undefined;
+  config.arch = oneOf("arch", str("arch"), ARCH_NAMES) ?? config.arch;
+  config.dataset = oneOf("dataset", str("dataset"), DATASET_NAMES) ?? config.dataset;
+  config.data = str("data") ?? config.data;
+  config.imageSize = positiveInt("image-size", str("image-size")) ?? config.imageSize;
+  config.epochs = positiveInt("epochs", str("epochs")) ?? config.epochs;
+  if (str("epochs") !== undefined) config.steps = undefined;
+  config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
+  const batch = positiveInt("batch", str("batch"));
+  if (batch !== undefined && batch !== config.batch && str("lr") === undefined) {
+    config.lr = config.lr * batch / config.batch; // METHOD.md's linear scaling
+  }
+  config.batch = batch ?? config.batch;
+  config.accum = positiveInt("accum", str("accum")) ?? config.accum;
+  config.lr = finiteNumber("lr", str("lr")) ?? config.lr;
+  config.warmupEpochs = finiteNumber("warmup-epochs", str("warmup-epochs")) ?? config.warmupEpochs;
+  if (!(config.warmupEpochs >= 0)) {
+    throw new UserError(`--warmup-epochs must be >= 0, got ${config.warmupEpochs}`);
+  }
+  config.emaBase = finiteNumber("ema-base", str("ema-base")) ?? config.emaBase;
+  if (!(config.emaBase >= 0 && config.emaBase < 1)) {
+    throw new UserError(`--ema-base must be in [0, 1), got ${config.emaBase}`);
+  }
+  config.cropScaleMin = finiteNumber("crop-scale", str("crop-scale")) ?? config.cropScaleMin;
+  if (config.cropScaleMin !== undefined && !(config.cropScaleMin > 0 && config.cropScaleMin <= 1)) {
+    throw new UserError(`--crop-scale must be in (0, 1], got ${config.cropScaleMin}`);
+  }
+  config.seed = nonNegativeInt("seed", str("seed")) ?? config.seed;
+  config.evalEvery = nonNegativeInt("eval-every", str("eval-every")) ?? config.evalEvery;
+  config.logEvery = positiveInt("log-every", str("log-every")) ?? config.logEvery;
+  config.knnBankSize = nonNegativeInt("eval-bank", str("eval-bank")) ?? config.knnBankSize;
+  config.evalTestSize = nonNegativeInt("eval-test", str("eval-test")) ?? config.evalTestSize;
+  config.probeEpochs = nonNegativeInt("probe-epochs", str("probe-epochs")) ?? config.probeEpochs;
+  if (flags["no-probe"]) config.probeEpochs = 0;
+  if (str("widths") !== undefined) {
+    const widths = str("widths")!.split(",").map(Number);
+    if (widths.length !== 4 || !widths.every((w) => Number.isInteger(w) && w >= 1)) {
+      throw new UserError(`--widths must be four positive integers A,B,C,D; got ${str("widths")}`);
+    }
+    config.widths = widths as [number, number, number, number];
+  }
+  const loss = { ...config.loss };
+  loss.kind = oneOf("loss", str("loss"), LOSS_KINDS) ?? loss.kind;
+  if (str("window") !== undefined) {
+    const parts = str("window")!.split(",").map(Number);
+    if (
+      parts.length !== 2 || !parts.every((v) => Number.isInteger(v) && v >= 1) ||
+      parts[0] > parts[1]
+    ) {
+      throw new UserError(`--window must be A,B with 1 <= A <= B, got ${str("window")}`);
+    }
+    loss.window = [parts[0], parts[1]];
+  }
+  loss.k = positiveInt("k", str("k")) ?? loss.k;
+  loss.margin = finiteNumber("margin", str("margin")) ?? loss.margin;
+  loss.gamma = finiteNumber("gamma", str("gamma")) ?? loss.gamma;
+  loss.temperature = finiteNumber("temperature", str("temperature")) ?? loss.temperature;
+  if (loss.temperature !== undefined && !(loss.temperature > 0)) {
+    throw new UserError(`--temperature must be > 0, got ${loss.temperature}`);
+  }
+  if (loss.kind === "rank-k" && loss.k === undefined) loss.k = 2;
+  if (config.batch < 2) {
+    throw new UserError("--batch must be at least 2 (BatchNorm and negatives need two images)");
+  }
+  const negatives = config.batch - 1;
+  if (loss.kind === "triplet" && loss.window && loss.window[1] > negatives) {
+    if (str("window") !== undefined) {
+      throw new UserError(
+        `--window ${loss.window} needs ${loss.window[1]} negatives, but a batch of ` +
+          `${config.batch} has ${negatives}: use a larger --batch or a smaller window`,
+      );
+    }
+    // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so.
+    const shrunk: [number, number] = [Math.min(loss.window[0], negatives), negatives];
+    config.deviations.push(
+      `window [${loss.window}] shrunk to [${shrunk}]: a batch of ${config.batch} has only ` +
+        `${negatives} negatives per image`,
+    );
+    loss.window = shrunk;
+  }
+  config.loss = loss;
+  if (config.dataset === "folder" && !config.data) {
+    throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
+  }
+  return config;
+}
+
+/** The flags that steer one invocation (not the recipe), validated with the rest. */
+export interface RunControl {
+  stopAfter?: number;
+  checkpointEvery?: number;
+  debugNanAt?: number;
+}
+
+/** Parse the invocation flags (validated before anything is written). */
+export function runControl(flags: Flags): RunControl {
+  return {
+    stopAfter: positiveInt("stop-after", flags["stop-after"] as string | undefined),
+    checkpointEvery: positiveInt(
+      "checkpoint-every",
+      flags["checkpoint-every"] as string | undefined,
+    ),
+    debugNanAt: positiveInt("debug-nan-at", flags["debug-nan-at"] as string | undefined),
+  };
+}
+
+/** The run's augmentation: the preset's recipe, its crop scale, its branch rescale or none. */
+export function augmentConfig(config: TrainConfig): AugmentConfig {
+  const views = config.augment === "imagenet" ? imagenetViews() : smallDataViews(config.imageSize);
+  if (config.cropScaleMin !== undefined) {
+    for (const view of views.views) view.crop.scale[0] = config.cropScaleMin;
+  }
+  if (!config.randomRescale) delete views.rescale;
+  return views;
+}
+
+/** The model a config describes, for images of `channels` channels. */
+export function sslModelConfig(config: TrainConfig, channels: number): SslModelConfig {
+  return {
+    backbone: {
+      arch: config.arch,
+      inChannels: channels,
+      smallImage: config.smallImage,
+      widths: config.widths,
+    },
+    projectorHidden: config.projectorHidden,
+    projectorOut: config.projectorOut,
+    predictorHidden: config.predictorHidden,
+    loss: config.loss,
+  };
+}
+
+/** Images per forward pass when evaluation extracts features. */
+export const EVAL_FORWARD_BATCH = 256;
+
+/** The kNN monitor and linear probe settings of a run (the probe only when `withProbe`). */
+export function evaluationOptions(
+  config: TrainConfig,
+  withProbe: boolean,
+  overrides: Partial<EvaluationOptions> = {},
+): EvaluationOptions {
+  return {
+    knnK: config.knnK,
+    knnTemperature: config.knnTemperature,
+    bankSize: config.knnBankSize,
+    testSize: config.evalTestSize,
+    probeEpochs: withProbe ? config.probeEpochs : 0,
+    probeLr: config.probeLr,
+    probeBatch: config.probeBatch,
+    seed: config.seed,
+    batchSize: EVAL_FORWARD_BATCH,
+    ...overrides,
+  };
+}
+
+/** A split of the configured dataset; a dataset problem becomes a one-line user error. */
+export async function loadSplit(config: TrainConfig, split: "train" | "test"): Promise<Dataset> {
+  try {
+    return await loadDataset(config.dataset, {
+      dir: config.data,
+      split,
+      imageSize: config.imageSize,
+    });
+  } catch (e) {
+    if (e instanceof DatasetError) throw new UserError(e.message);
+    throw e;
+  }
+}
