@@ -7,20 +7,19 @@ import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { loadBackbone } from "../models/load.ts";
 import { extractFeatures } from "../models/evaluate.ts";
-import { type DatasetName, loadDataset } from "../data/dataset.ts";
+import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
 import { oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
+import { EVAL_FORWARD_BATCH } from "./train_config.ts";
 import { writeFileAtomic } from "../models/safetensors.ts";
 
 const HELP = `usage: deno task embed --checkpoint FILE --out FILE.npy [flags]
   --checkpoint FILE   a tritrain checkpoint
-  --dataset NAME      fashion-mnist|mnist|cifar10|cifar100|folder (default: the run's)
+  --dataset NAME      ${DATASET_NAMES.join("|")} (default: the run's)
   --data DIR          dataset directory
   --split S           train|test (default test)
-  --batch N           images per forward pass (default 256)
+  --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
   --out FILE.npy      output: float32 [images, features]; labels go to FILE.labels.npy`;
-
-const DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] as const;
 
 /** A .npy (version 1.0) file of a 2-D little-endian array. */
 export function encodeNpy(
@@ -73,7 +72,7 @@ async function main(): Promise<number> {
     throw new UserError((e as Error).message);
   });
   const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
-  const dataset = (oneOf("dataset", flags.dataset, DATASETS) ?? run.dataset) as DatasetName;
+  const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
   const dir = flags.data ?? (flags.dataset ? undefined : run.data);
   const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize });
   const progress = new Progress();
@@ -83,7 +82,7 @@ async function main(): Promise<number> {
     backbone,
     source,
     indices,
-    positiveInt("batch", flags.batch) ?? 256,
+    positiveInt("batch", flags.batch) ?? EVAL_FORWARD_BATCH,
     (done, total) => progress.update(`embedding ${progress.bar(done / total)} ${done}/${total}`),
   );
   source.close?.();

@@ -6,22 +6,21 @@ import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { loadBackbone } from "../models/load.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
-import { type DatasetName, loadDataset } from "../data/dataset.ts";
+import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
 import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
+import { EVAL_FORWARD_BATCH, evaluationOptions } from "./train_config.ts";
 
 const HELP = `usage: deno task eval --checkpoint FILE [flags]
   --checkpoint FILE   a tritrain checkpoint (checkpoint.safetensors of a run)
-  --dataset NAME      fashion-mnist|mnist|cifar10|cifar100|folder (default: the run's)
+  --dataset NAME      ${DATASET_NAMES.join("|")} (default: the run's)
   --data DIR          dataset directory (default: the run's, or the dataset's default)
   --bank N            training images in the kNN bank / probe set (0 = all; default: the run's)
   --test N            test images (0 = all)
   --knn-k N           neighbours (default 200)
   --probe-epochs N    linear probe epochs (0 skips the probe; default: the run's preset)
-  --batch N           images per forward pass (default 256)
+  --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
   --out FILE          write the results as JSON here (default: beside the checkpoint)`;
-
-const DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] as const;
 
 async function main(): Promise<number> {
   let parsed;
@@ -55,23 +54,27 @@ async function main(): Promise<number> {
     throw new UserError((e as Error).message);
   });
   const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
-  const dataset = (oneOf("dataset", flags.dataset, DATASETS) ?? run.dataset) as DatasetName;
+  const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
   const dir = flags.data ?? (flags.dataset ? undefined : run.data);
-  const options = { dir, imageSize: run.imageSize };
-  const train = await loadDataset(dataset, { ...options, split: "train" });
-  const test = await loadDataset(dataset, { ...options, split: "test" });
+  const source = { dir, imageSize: run.imageSize };
+  const train = await loadDataset(dataset, { ...source, split: "train" });
+  const test = await loadDataset(dataset, { ...source, split: "test" });
   const progress = new Progress();
-  const result = await evaluateBackbone(gpu, backbone, train, test, {
-    knnK: positiveInt("knn-k", flags["knn-k"]) ?? run.knnK,
-    knnTemperature: run.knnTemperature,
-    bankSize: nonNegativeInt("bank", flags.bank) ?? run.knnBankSize,
-    testSize: nonNegativeInt("test", flags.test) ?? run.evalTestSize,
-    probeEpochs: nonNegativeInt("probe-epochs", flags["probe-epochs"]) ?? run.probeEpochs,
-    probeLr: run.probeLr,
-    probeBatch: run.probeBatch,
-    seed: run.seed,
-    batchSize: positiveInt("batch", flags.batch) ?? 256,
-  }, (what, done, total) => progress.update(`${what} ${done}/${total}`));
+  const options = evaluationOptions(run, true, {
+    knnK: positiveInt("knn-k", flags["knn-k"]),
+    bankSize: nonNegativeInt("bank", flags.bank),
+    testSize: nonNegativeInt("test", flags.test),
+    probeEpochs: nonNegativeInt("probe-epochs", flags["probe-epochs"]),
+    batchSize: positiveInt("batch", flags.batch),
+  });
+  const result = await evaluateBackbone(
+    gpu,
+    backbone,
+    train,
+    test,
+    options,
+    (what, done, total) => progress.update(`${what} ${done}/${total}`),
+  );
   train.close?.();
   test.close?.();
   const report = { checkpoint: flags.checkpoint, dataset, step: state.step ?? null, ...result };

@@ -73,6 +73,15 @@ function tripletLoss(window: [number, number] = [...LOSS_DEFAULTS.window]): Loss
   return { kind: "triplet", ...LOSS_DEFAULTS, window };
 }
 
+/** Departures that every preset shares. */
+const COMMON_DEVIATIONS = [
+  "LARS excludes every BatchNorm weight and bias and every bias (METHOD.md); the released " +
+  "code's regex `(bn|gn)(\\d+)?.(weight|bias)` misses the shortcut BN weights " +
+  "(downsample.1.weight) and the heads' BN weights, which it trains with LARS and weight decay",
+  "linear probe on cached features of un-augmented images (no random crop or flip per epoch, " +
+  "no warm-up, torch-default Linear init); METHOD.md's probe trains on augmented views",
+];
+
 /** Presets by name; `small` is the default. */
 export const PRESETS: Record<string, TrainConfig> = {
   small: {
@@ -95,6 +104,14 @@ export const PRESETS: Record<string, TrainConfig> = {
       "bernoulliK(10, 64, 0.05) = 11 is the first rank that is a true negative with probability " +
       ">= 0.95, and the window keeps the released code's width of nine ranks",
       "linear probe and kNN on a subset of the training split to fit the time budget",
+      "no per-branch batch rescale (the released code resizes online views to 96-224 px and " +
+      "target views to 128-224 px each iteration; a 28 px image has nothing to rescale to)",
+      "crops resampled bilinearly (METHOD.md: bicubic): bicubic overshoot rings at 28 px",
+      "Gaussian blur sigma scaled by 28/224 to 0.0125-0.25 px, which leaves a 28 px image " +
+      "practically unchanged: METHOD.md's view-1/view-2 blur asymmetry (p 1.0 / 0.1) is absent",
+      "learning rate per step (linear warm-up from lr/W, then a cosine per step): the released " +
+      "code's per-epoch cosine would stay flat over a run shorter than one epoch",
+      ...COMMON_DEVIATIONS,
     ],
     arch: "resnet18",
     widths: [8, 16, 32, 64],
@@ -133,9 +150,12 @@ export const PRESETS: Record<string, TrainConfig> = {
   "resnet50-imagenet": {
     preset: "resnet50-imagenet",
     deviations: [
-      "one device, no synchronised BN; batch per step set by --batch (METHOD.md: 196 per GPU x 8 " +
-      "GPUs x accumulation), lr = 4.8 * batch * accum / 4096",
+      "one device: the released runs put 196 images on each of 8 GPUs with synchronised BN and " +
+      "accumulated to an effective 6272; here 196 images per micro-batch (the negatives of a row " +
+      "come from its 196, as per GPU in the released code) x 32 micro-batches = 6272, with BN " +
+      "statistics per micro-batch (no SyncBN); --distributed spreads the micro-batches over ranks",
       "fp32 (the released runs used fp16)",
+      ...COMMON_DEVIATIONS,
     ],
     arch: "resnet50",
     widths: [64, 128, 256, 512],
@@ -144,12 +164,12 @@ export const PRESETS: Record<string, TrainConfig> = {
     imageSize: 224,
     augment: "imagenet",
     randomRescale: true,
-    batch: 64,
-    accum: 1,
+    batch: 196,
+    accum: 32,
     epochs: 200,
-    lr: 4.8 * 64 / 4096,
+    lr: 4.8,
     warmupEpochs: 10,
-    lrSchedule: "per-step",
+    lrSchedule: "released",
     momentum: 0.9,
     weightDecay: 1e-6,
     eta: 0.001,

@@ -6,53 +6,60 @@
 import { parseArgs } from "node:util";
 import { encode as encodePng } from "fast-png";
 import { acquireGpu } from "../runtime/gpu.ts";
-import { type DatasetName, loadDataset, shuffledOrder } from "../data/dataset.ts";
+import { DATASET_NAMES, DatasetError, loadDataset, shuffledOrder } from "../data/dataset.ts";
 import { Augmenter } from "../data/augment.ts";
 import { augmentConfigFor } from "../data/augment_config.ts";
 import { composeGrid } from "../data/grid.ts";
+import { nonNegativeInt, oneOf, positiveInt, runMain, UserError } from "./cli.ts";
 
-const USAGE = "usage: deno task preview [--dataset fashion-mnist|mnist|cifar10|cifar100|folder] " +
-  "[--data DIR] [--out preview.png] [--n 8] [--seed 0] [--step 0] [--size S] [--image-size N]";
+const USAGE = `usage: deno task preview [flags]
+  --dataset NAME      ${DATASET_NAMES.join("|")} (default fashion-mnist)
+  --data DIR          dataset directory
+  --out FILE          the PNG to write (default preview.png)
+  --n N               images, one column each (default 8)
+  --seed N            augmentation seed (default 0)
+  --step K            training step whose views are shown (default 0)
+  --size S            view size (default: the image size, at most 224)
+  --image-size N      folder datasets: stored image size (default 256)`;
 
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) {
-    throw new Error(`--${name} must be a non-negative integer, not ${value}`);
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      options: {
+        dataset: { type: "string", default: "fashion-mnist" },
+        data: { type: "string" },
+        out: { type: "string", default: "preview.png" },
+        n: { type: "string" },
+        seed: { type: "string" },
+        step: { type: "string" },
+        size: { type: "string" },
+        "image-size": { type: "string" },
+        help: { type: "boolean", default: false, short: "h" },
+      },
+    });
+  } catch (e) {
+    throw new UserError(`${(e as Error).message}\n${USAGE}`);
   }
-  return n;
-}
-
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      dataset: { type: "string", default: "fashion-mnist" },
-      data: { type: "string" },
-      out: { type: "string", default: "preview.png" },
-      n: { type: "string" },
-      seed: { type: "string" },
-      step: { type: "string" },
-      size: { type: "string" },
-      "image-size": { type: "string" },
-      help: { type: "boolean", default: false },
-    },
-  });
+  const values = parsed.values;
   if (values.help) {
     console.log(USAGE);
-    return;
+    return 0;
   }
-  const count = Math.max(1, positiveInt("n", values.n, 8));
-  const seed = positiveInt("seed", values.seed, 0);
-  const step = positiveInt("step", values.step, 0);
-  const name = values.dataset as DatasetName;
-  const dataset = await loadDataset(name, {
-    dir: values.data,
-    split: "train",
-    imageSize: positiveInt("image-size", values["image-size"], 256),
-  });
+  const count = positiveInt("n", values.n) ?? 8;
+  const seed = nonNegativeInt("seed", values.seed) ?? 0;
+  const step = nonNegativeInt("step", values.step) ?? 0;
+  const name = oneOf("dataset", values.dataset, DATASET_NAMES)!;
+  const imageSize = positiveInt("image-size", values["image-size"]) ?? 256;
+  const requestedSize = positiveInt("size", values.size);
+  const dataset = await loadDataset(name, { dir: values.data, split: "train", imageSize }).catch(
+    (e) => {
+      throw e instanceof DatasetError ? new UserError(e.message) : e;
+    },
+  );
   try {
-    const size = positiveInt("size", values.size, Math.min(dataset.height, 224));
+    const size = requestedSize ?? Math.min(dataset.height, 224);
     const gpu = await acquireGpu({ log: true });
     const augmenter = new Augmenter(gpu, augmentConfigFor(size), dataset, size);
     const indices = shuffledOrder(dataset.length, seed, 0).subarray(
@@ -82,13 +89,7 @@ async function main(): Promise<void> {
   } finally {
     dataset.close?.();
   }
+  return 0;
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    console.error(`preview: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) runMain("preview", main);

@@ -18,6 +18,7 @@ import {
   loadSplit,
   parseTrainFlags,
   resolveConfig,
+  RESUME_FLAGS,
   runControl,
   sslModelConfig,
   trainHelp,
@@ -39,7 +40,19 @@ async function runConfig(flags: Flags): Promise<{ config: TrainConfig; outDir: s
     const config = resolveConfig(flags);
     const outDir = (flags.out as string | undefined) ??
       `runs/${config.preset}-${config.loss.kind}-seed${config.seed}`;
+    await refuseExistingRun(outDir, flags.overwrite === true);
     return { config, outDir };
+  }
+  const ignored = Object.keys(flags).filter((name) =>
+    flags[name] !== undefined && !RESUME_FLAGS.includes(name)
+  );
+  if (ignored.length > 0) {
+    throw new UserError(
+      `--resume continues ${resumeDir} with its own config.json, so ` +
+        `${ignored.map((f) => `--${f}`).join(", ")} would not apply; with --resume only ` +
+        `${RESUME_FLAGS.slice(1).map((f) => `--${f}`).join(", ")} are allowed ` +
+        "(start a new run with --out to change the recipe)",
+    );
   }
   let saved: string;
   try {
@@ -50,8 +63,31 @@ async function runConfig(flags: Flags): Promise<{ config: TrainConfig; outDir: s
   const config = JSON.parse(saved) as TrainConfig;
   config.lrSchedule ??= "per-step"; // runs written before the released shape existed
   // A resumed run may be extended; everything else stays as it was.
+  const epochs = positiveInt("epochs", flags.epochs as string | undefined);
+  if (epochs !== undefined) [config.epochs, config.steps] = [epochs, undefined];
   config.steps = positiveInt("steps", flags.steps as string | undefined) ?? config.steps;
   return { config, outDir: resumeDir };
+}
+
+/** A non-empty run directory is only replaced when asked to (--overwrite). */
+async function refuseExistingRun(outDir: string, overwrite: boolean): Promise<void> {
+  const entries: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(outDir)) entries.push(entry.name);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UserError(`--out ${outDir} is a file, not a directory: choose another --out`);
+    }
+    throw e;
+  }
+  if (entries.length > 0 && !overwrite) {
+    throw new UserError(
+      `--out ${outDir} is not empty (${entries.sort().slice(0, 4).join(", ")}` +
+        `${entries.length > 4 ? ", ..." : ""}): continue that run with --resume ${outDir}, ` +
+        "replace it with --overwrite, or choose another --out",
+    );
+  }
 }
 
 async function main(): Promise<number> {
@@ -63,7 +99,6 @@ async function main(): Promise<number> {
   const control = runControl(flags);
   const resuming = flags.resume !== undefined;
   const { config, outDir } = await runConfig(flags);
-  await Deno.mkdir(outDir, { recursive: true });
   const files = new RunFiles(outDir);
 
   const gpu = await acquireGpu();
@@ -110,7 +145,7 @@ async function main(): Promise<number> {
   });
   progress.log(describeRun(config, model, train, test, memory, schedule, outDir));
 
-  const checkpoints = new Checkpoints(files, model, config, schedule, control.checkpointEvery);
+  const checkpoints = new Checkpoints(files, model, config, schedule, control);
   let startStep = 0;
   let wallBefore = 0;
   if (resuming) {
@@ -118,8 +153,9 @@ async function main(): Promise<number> {
     await TrainingLog.truncate(files.metrics, startStep);
     progress.log(`resumed at step ${startStep}`);
   } else {
+    // Everything is validated and loaded: only now is the run directory written.
+    await files.startNew();
     await Deno.writeTextFile(files.config, JSON.stringify(config, null, 1) + "\n");
-    await Deno.writeTextFile(files.metrics, "");
   }
 
   const started = performance.now();

@@ -98,7 +98,15 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     preset: (p) => p.seed,
   },
   { name: "out", value: "DIR", help: "run directory (default runs/<preset>-<loss>-seed<N>)" },
-  { name: "resume", value: "DIR", help: "continue the run in DIR from its checkpoint" },
+  {
+    name: "overwrite",
+    help: "replace the run in a non-empty --out (refused without it)",
+  },
+  {
+    name: "resume",
+    value: "DIR",
+    help: "continue the run in DIR from its checkpoint (with --steps/--epochs: extend it)",
+  },
   {
     name: "widths",
     value: "A,B,C,D",
@@ -142,6 +150,11 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     help: "also checkpoint every N steps (default: every epoch and at the end)",
   },
   {
+    name: "keep-every",
+    value: "N",
+    help: "keep checkpoint-step<S>.safetensors every N steps beside the last checkpoint",
+  },
+  {
     name: "stop-after",
     value: "N",
     help: "act as if interrupted after step N (checkpoint, exit 130)",
@@ -177,6 +190,15 @@ export type Flags = Record<string, string | boolean | undefined>;
 
 /** Parse the command line against {@link TRAIN_FLAGS}. */
 export function parseTrainFlags(args: string[]): Flags {
+  // `--steps -5` would read as a flag "-5": join such values so the flag's own check names them.
+  const takesValue = new Set(TRAIN_FLAGS.filter((f) => f.value).map((f) => `--${f.name}`));
+  args = args.flatMap((arg, i) =>
+    takesValue.has(arg) && /^-[\d.]/.test(args[i + 1] ?? "")
+      ? [`${arg}=${args[i + 1]}`]
+      : i > 0 && takesValue.has(args[i - 1]) && /^-[\d.]/.test(arg)
+      ? []
+      : [arg]
+  );
   const options = Object.fromEntries(
     TRAIN_FLAGS.map((f) => [
       f.name,
@@ -194,7 +216,18 @@ export function parseTrainFlags(args: string[]): Flags {
 }
 
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
-const INVOCATION_FLAGS = ["preset", "out", "help"];
+const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite"];
+
+/** Flags that --resume applies; every other one would be ignored, so it is refused. */
+export const RESUME_FLAGS = [
+  "resume",
+  "steps",
+  "epochs",
+  "stop-after",
+  "checkpoint-every",
+  "keep-every",
+  "debug-nan-at",
+];
 
 /** The preset with every flag applied; validated. */
 export function resolveConfig(flags: Flags): TrainConfig {
@@ -219,13 +252,15 @@ export function resolveConfig(flags: Flags): TrainConfig {
   config.epochs = positiveInt("epochs", str("epochs")) ?? config.epochs;
   if (str("epochs") !== undefined) config.steps = undefined;
   config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
-  const batch = positiveInt("batch", str("batch"));
-  if (batch !== undefined && batch !== config.batch && str("lr") === undefined) {
-    config.lr = config.lr * batch / config.batch; // METHOD.md's linear scaling
-  }
-  config.batch = batch ?? config.batch;
+  // METHOD.md's linear scaling: without --lr, the preset's lr follows the effective batch.
+  const presetImagesPerStep = config.batch * config.accum;
+  config.batch = positiveInt("batch", str("batch")) ?? config.batch;
   config.accum = positiveInt("accum", str("accum")) ?? config.accum;
-  config.lr = finiteNumber("lr", str("lr")) ?? config.lr;
+  const imagesPerStep = config.batch * config.accum;
+  config.lr = finiteNumber("lr", str("lr")) ??
+    (imagesPerStep === presetImagesPerStep
+      ? config.lr
+      : config.lr * imagesPerStep / presetImagesPerStep);
   config.warmupEpochs = finiteNumber("warmup-epochs", str("warmup-epochs")) ?? config.warmupEpochs;
   if (!(config.warmupEpochs >= 0)) {
     throw new UserError(`--warmup-epochs must be >= 0, got ${config.warmupEpochs}`);
@@ -302,18 +337,18 @@ export function resolveConfig(flags: Flags): TrainConfig {
 export interface RunControl {
   stopAfter?: number;
   checkpointEvery?: number;
+  keepEvery?: number;
   debugNanAt?: number;
 }
 
 /** Parse the invocation flags (validated before anything is written). */
 export function runControl(flags: Flags): RunControl {
+  const int = (name: string) => positiveInt(name, flags[name] as string | undefined);
   return {
-    stopAfter: positiveInt("stop-after", flags["stop-after"] as string | undefined),
-    checkpointEvery: positiveInt(
-      "checkpoint-every",
-      flags["checkpoint-every"] as string | undefined,
-    ),
-    debugNanAt: positiveInt("debug-nan-at", flags["debug-nan-at"] as string | undefined),
+    stopAfter: int("stop-after"),
+    checkpointEvery: int("checkpoint-every"),
+    keepEvery: int("keep-every"),
+    debugNanAt: int("debug-nan-at"),
   };
 }
 
@@ -362,7 +397,8 @@ export function evaluationOptions(
     probeBatch: config.probeBatch,
     seed: config.seed,
     batchSize: EVAL_FORWARD_BATCH,
-    ...overrides,
+    // Only the overrides that are set.
+    ...Object.fromEntries(Object.entries(overrides).filter(([, value]) => value !== undefined)),
   };
 }
 

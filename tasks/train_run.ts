@@ -33,6 +33,22 @@ export class RunFiles {
     this.summary = `${dir}/summary.json`;
     this.curves = `${dir}/curves.svg`;
   }
+
+  /** Create the directory for a new run; an --overwrite replaces the earlier run's files. */
+  async startNew(): Promise<void> {
+    await Deno.mkdir(this.dir, { recursive: true });
+    for (const path of [this.checkpoint, this.summary, this.curves]) {
+      await Deno.remove(path).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      });
+    }
+    await Deno.writeTextFile(this.metrics, "");
+  }
+
+  /** A retained checkpoint of step `step` (--keep-every). */
+  keptCheckpoint(step: number): string {
+    return `${this.dir}/checkpoint-step${step}.safetensors`;
+  }
 }
 
 /** Writes checkpoints atomically; remembers the last good one for the divergence message. */
@@ -44,13 +60,15 @@ export class Checkpoints {
     readonly model: SslModel,
     readonly config: TrainConfig,
     readonly schedule: Schedule,
-    readonly checkpointEvery: number | undefined,
+    readonly control: { checkpointEvery?: number; keepEvery?: number },
   ) {}
 
   /** Checkpoint after `done` steps: every epoch and every --checkpoint-every steps. */
   due(done: number): boolean {
+    const { checkpointEvery, keepEvery } = this.control;
     return this.schedule.endsEpoch(done) ||
-      (this.checkpointEvery !== undefined && done % this.checkpointEvery === 0);
+      (checkpointEvery !== undefined && done % checkpointEvery === 0) ||
+      (keepEvery !== undefined && done % keepEvery === 0);
   }
 
   async save(done: number, wallSeconds: number): Promise<void> {
@@ -66,6 +84,13 @@ export class Checkpoints {
       throw e;
     }
     this.lastStep = done;
+    const keepEvery = this.control.keepEvery;
+    if (keepEvery !== undefined && done % keepEvery === 0) {
+      // A copy beside the last checkpoint, made atomic the same way (temporary file, rename).
+      const kept = this.files.keptCheckpoint(done);
+      await Deno.copyFile(this.files.checkpoint, `${kept}.tmp`);
+      await Deno.rename(`${kept}.tmp`, kept);
+    }
   }
 
   /** Restore the model; returns the step and wall time the checkpoint was written at. */

@@ -39,3 +39,53 @@ Deno.test("train config: out-of-range recipe flags are refused by name", () => {
   assert.throws(() => resolveConfig({ "crop-scale": "0" }), /--crop-scale must be in \(0, 1\]/);
   assert.throws(() => resolveConfig({ "crop-scale": "x" }), /--crop-scale must be a number/);
 });
+
+Deno.test("train config: the resnet50-imagenet preset is the released recipe on one device", () => {
+  const c = resolveConfig({ preset: "resnet50-imagenet", data: "/tmp/images" });
+  assert.equal(c.arch, "resnet50");
+  assert.deepEqual(c.widths, [64, 128, 256, 512]);
+  assert.equal(c.smallImage, false);
+  assert.equal(c.imageSize, 224);
+  assert.equal(c.batch, 196); // 195 negatives per row, what the window [2, 10] was chosen for
+  assert.equal(c.accum, 32); // effective 6272
+  assert.equal(c.lr, 4.8);
+  assert.equal(c.lrSchedule, "released");
+  assert.equal(c.warmupEpochs, 10);
+  assert.equal(c.epochs, 200);
+  assert.equal(c.emaBase, 0.99);
+  assert.deepEqual([c.momentum, c.weightDecay, c.eta], [0.9, 1e-6, 0.001]);
+  assert.deepEqual([c.projectorHidden, c.projectorOut, c.predictorHidden], [4096, 256, 4096]);
+  const { kind, window, margin, gamma } = c.loss;
+  assert.deepEqual({ kind, window, margin, gamma }, {
+    kind: "triplet",
+    window: [2, 10],
+    margin: 100,
+    gamma: 2,
+  });
+  assert.equal(c.randomRescale, true);
+  assert.equal(c.augment, "imagenet");
+  assert.ok(c.deviations.some((d) => /downsample\.1\.weight/.test(d)), "LARS exclusion listed");
+  assert.ok(c.deviations.some((d) => /linear probe on cached features/.test(d)), "probe listed");
+});
+
+Deno.test("train config: the small preset's values and its listed departures", () => {
+  const c = resolveConfig({});
+  assert.deepEqual(c.widths, [8, 16, 32, 64]);
+  assert.deepEqual([c.batch, c.accum, c.steps, c.lr, c.lrSchedule], [64, 1, 750, 3, "per-step"]);
+  assert.deepEqual(c.loss.window, [11, 19]);
+  for (
+    const pattern of [/per-branch batch rescale/, /bilinear/, /blur sigma scaled/, /downsample/]
+  ) {
+    assert.ok(c.deviations.some((d) => pattern.test(d)), `departure ${pattern} listed`);
+  }
+});
+
+Deno.test("train config: without --lr the learning rate follows batch x accum", () => {
+  assert.equal(resolveConfig({ accum: "2" }).lr, 6); // small: 3.0 at 64 x 1
+  assert.equal(resolveConfig({ batch: "32" }).lr, 1.5);
+  assert.equal(resolveConfig({ batch: "32", accum: "4" }).lr, 6);
+  assert.equal(resolveConfig({ accum: "2", lr: "0.5" }).lr, 0.5);
+  const imagenet = { preset: "resnet50-imagenet", data: "/tmp/images" };
+  assert.equal(resolveConfig({ ...imagenet, accum: "16" }).lr, 2.4);
+  assert.equal(resolveConfig({ ...imagenet, batch: "49", accum: "8" }).lr, 4.8 * 392 / 6272);
+});

@@ -10,24 +10,11 @@
  */
 import assert from "node:assert/strict";
 import { acquireGpu } from "../runtime/gpu.ts";
+import { TINY_TRAIN_FLAGS } from "./util.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const GOLDEN = `${ROOT}tests/golden/train_losses.json`;
-const COMMON = [
-  "--dataset",
-  "fashion-mnist",
-  "--widths",
-  "4,8,8,16",
-  "--batch",
-  "16",
-  "--log-every",
-  "1",
-  "--eval-bank",
-  "256",
-  "--eval-test",
-  "128",
-  "--no-probe",
-];
+const COMMON = TINY_TRAIN_FLAGS;
 /** Runs covering one and several micro-batches, the triplet and the InfoNCE paths. */
 const RUNS: Record<string, string[]> = {
   "triplet-accum2": [...COMMON, "--accum", "2", "--steps", "5", "--seed", "3"],

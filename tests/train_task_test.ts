@@ -5,23 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { encode as encodePng } from "fast-png";
+import { TINY_TRAIN_FLAGS } from "./util.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
-const TINY = [
-  "--dataset",
-  "fashion-mnist",
-  "--widths",
-  "4,8,8,16",
-  "--batch",
-  "16",
-  "--log-every",
-  "1",
-  "--eval-bank",
-  "256",
-  "--eval-test",
-  "128",
-  "--no-probe",
-];
+const TINY = TINY_TRAIN_FLAGS;
 
 interface Result {
   code: number;
@@ -240,6 +227,8 @@ Deno.test({
       "2",
       "--batch",
       "2",
+      "--accum",
+      "1",
       "--image-size",
       "32",
       "--no-probe",

@@ -51,3 +51,20 @@ export function assertClose(
     );
   }
 }
+
+/** `deno task train` flags for a tiny, fast run (widths 4/8/8/16, batch 16, small evaluation). */
+export const TINY_TRAIN_FLAGS = [
+  "--dataset",
+  "fashion-mnist",
+  "--widths",
+  "4,8,8,16",
+  "--batch",
+  "16",
+  "--log-every",
+  "1",
+  "--eval-bank",
+  "256",
+  "--eval-test",
+  "128",
+  "--no-probe",
+];
