@@ -181,6 +181,7 @@ export {
 // ---- data ----
 /** Datasets (Fashion-MNIST, MNIST, CIFAR-10/100, image folders) and the per-epoch shuffle. */
 export {
+  type CropRequest,
   type Dataset,
   DatasetError,
   type DatasetName,
@@ -189,8 +190,10 @@ export {
 } from "./data/dataset.ts";
 /** An in-memory dataset (tests, custom data). */
 export { ArrayDataset } from "./data/memory.ts";
-/** Two-view GPU augmentation (METHOD.md) and its configurations. */
-export { Augmenter, uploadPixels } from "./data/augment.ts";
+/** Two-view GPU augmentation (METHOD.md), its configurations and its GPU memory plan. */
+export { Augmenter, augmentTensors, uploadPixels } from "./data/augment.ts";
+/** The crop settings of a view that an image folder's decode workers apply. */
+export { cropViewSpec } from "./data/folder_decode.ts";
 export { augmentConfigFor, imagenetViews, smallDataViews } from "./data/augment_config.ts";
 /** Prefetching batch loader (next batch loaded, uploaded and augmented during the current step). */
 export { type Batch, BatchLoader } from "./data/loader.ts";

@@ -71,6 +71,46 @@ export function uploadPixels(
   return images;
 }
 
+/** One GPU tensor the augmentation allocates (each is bound whole, so each must fit a binding). */
+export interface AugmentTensor {
+  label: string;
+  bytes: number;
+}
+
+/**
+ * The GPU tensors that augmenting one view of `n` images allocates, largest first, without
+ * allocating them: from CPU-cut crops (`viewsFromCrops`, image folders) or from a batch of
+ * `source.height` x `source.width` images already on the GPU (`views`; the batch's own tensors,
+ * its packed upload and f32 images, are listed too). Compare the first with the adapter's
+ * `maxBindingBytes`.
+ */
+export function augmentTensors(
+  n: number,
+  outputSize: number,
+  channels: number,
+  source: "crops" | { height: number; width: number },
+): AugmentTensor[] {
+  const viewBytes = n * outputSize * outputSize * channels * 4;
+  const packed = (values: number) => Math.ceil(values / 4) * 4;
+  const tensors: AugmentTensor[] = [
+    { label: "augment.params", bytes: n * AUGMENT_PARAM_STRIDE * 4 },
+    { label: "augment.cropped", bytes: viewBytes },
+    { label: "augment.blur", bytes: viewBytes },
+    { label: "view", bytes: viewBytes },
+  ];
+  if (source === "crops") {
+    tensors.push({ label: "crops (packed uint8)", bytes: packed(viewBytes / 4) });
+  } else {
+    const imageValues = n * source.height * source.width * channels;
+    tensors.push(
+      { label: "images (packed uint8)", bytes: packed(imageValues) },
+      { label: "images", bytes: imageValues * 4 },
+      { label: "augment.wide", bytes: n * source.height * outputSize * channels * 4 },
+    );
+  }
+  return tensors.sort((a, b) => b.bytes - a.bytes);
+}
+
 /** Two-view augmentation of image batches on the GPU; same seed and step, same views. */
 export class Augmenter {
   constructor(
@@ -113,7 +153,6 @@ export class Augmenter {
   augment(images: Tensor, samples: readonly SampleAugmentation[], view: 0 | 1): Tensor {
     const n = this.checkImages(images);
     if (samples.length !== n) throw new Error(`augment: ${samples.length} records for ${n} images`);
-    const viewConfig = this.config.views[view];
     const { channels } = this.input;
     const size = this.outputSize;
     const params = this.gpu.upload(packAugmentations(samples, this.input), [
@@ -121,7 +160,39 @@ export class Augmenter {
       AUGMENT_PARAM_STRIDE,
     ]);
     const cropped = this.gpu.empty([n, size, size, channels], "f32", "augment.cropped");
-    cropResizeFlip(this.gpu, images, params, cropped, viewConfig.crop.interpolation);
+    cropResizeFlip(this.gpu, images, params, cropped, this.config.views[view].crop.interpolation);
+    return this.colourBlurNormalize(cropped, params, view);
+  }
+
+  /**
+   * Both views from random resized crops already cut (and flipped) on the CPU, uint8
+   * [n, S, S, C] each with S the output size (`Dataset.randomResizedCrops`): the GPU applies the
+   * rest of each view with the same per-(seed, step, sample, view) parameters as `views`.
+   */
+  viewsFromCrops(crops: [Uint8Array, Uint8Array], n: number, seed: number, step: number): Views {
+    const [view1, view2] = ([0, 1] as const).map((v) => {
+      const size = this.outputSize;
+      const { channels } = this.input;
+      const cropped = uploadPixels(this.gpu, crops[v], [n, size, size, channels]);
+      // The crop and flip are done: the GPU's record says "whole image, not flipped".
+      const samples = this.sampleParams(n, seed, step, v).map((s) => ({
+        ...s,
+        crop: { top: 0, left: 0, height: size, width: size },
+        flip: false,
+      }));
+      const params = this.gpu.upload(packAugmentations(samples, { height: size, width: size }), [
+        n,
+        AUGMENT_PARAM_STRIDE,
+      ]);
+      return this.colourBlurNormalize(cropped, params, v);
+    });
+    return { view1, view2 };
+  }
+
+  /** Colour jitter, grayscale, blur, solarize, normalise; releases `cropped` and `params`. */
+  private colourBlurNormalize(cropped: Tensor, params: Tensor, view: 0 | 1): Tensor {
+    const viewConfig = this.config.views[view];
+    const [n, size, , channels] = cropped.shape;
     colourJitterGrayscale(this.gpu, cropped, params);
     const out = this.gpu.empty([n, size, size, channels], "f32", `view${view + 1}`);
     blurSolarizeNormalize(this.gpu, cropped, params, out, {

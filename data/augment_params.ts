@@ -125,6 +125,36 @@ export function sampleStream(
   return new CounterStream(seed, DOMAIN_AUGMENT + view, sample, stepLow, stepHigh);
 }
 
+/** The crop (against `height` x `width`) and flip draws of a sample's stream. */
+function cropAndFlipOf(
+  stream: CounterStream,
+  view: Pick<ViewConfig, "crop" | "flipP">,
+  height: number,
+  width: number,
+): { crop: CropBox; flip: boolean } {
+  return {
+    crop: sampleCrop(stream, height, width, view.crop.scale, view.crop.ratio),
+    flip: stream.uniform(DRAWS.flip) < view.flipP,
+  };
+}
+
+/**
+ * The random resized crop and flip of one view of one sample, sampled against that image's own
+ * `height` x `width`: the same draws as {@link sampleAugmentation} makes for them, so the decode
+ * workers can cut the crops of images of any size while the GPU applies the rest.
+ */
+export function sampleCropAndFlip(
+  view: Pick<ViewConfig, "crop" | "flipP">,
+  height: number,
+  width: number,
+  seed: number,
+  step: number,
+  sample: number,
+  viewIndex: number,
+): { crop: CropBox; flip: boolean } {
+  return cropAndFlipOf(sampleStream(seed, step, sample, viewIndex), view, height, width);
+}
+
 /**
  * Sample the augmentation of one view of one sample (input `height` x `width` x `channels`).
  * On 1-channel data saturation, hue and grayscale are recorded as off (their draws are still
@@ -140,8 +170,7 @@ export function sampleAugmentation(
 ): SampleAugmentation {
   const s = sampleStream(seed, step, sample, viewIndex);
   const colour = input.channels === 3;
-  const crop = sampleCrop(s, input.height, input.width, view.crop.scale, view.crop.ratio);
-  const flip = s.uniform(DRAWS.flip) < view.flipP;
+  const { crop, flip } = cropAndFlipOf(s, view, input.height, input.width);
   let jitter: JitterParams | null = null;
   if (s.uniform(DRAWS.jitterApply) < view.jitter.p) {
     const order: [number, number, number, number] = [0, 1, 2, 3];

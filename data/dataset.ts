@@ -9,10 +9,23 @@ import { CounterStream, DOMAIN_SHUFFLE } from "./random.ts";
 import { loadCifar } from "./cifar.ts";
 import { loadIdxDataset } from "./idx.ts";
 import { loadImageFolder } from "./folder.ts";
+import type { CropViewSpec } from "./folder_decode.ts";
 
 export { DatasetError } from "./common.ts";
 
-/** A labelled image dataset; images all have the same height, width and channel count. */
+/** What {@link Dataset.randomResizedCrops} cuts: crops of `size` px for (seed, step). */
+export interface CropRequest {
+  seed: number;
+  step: number;
+  size: number;
+  /** Crop and flip settings of view 1 and view 2 (see `cropViewSpec`). */
+  views: [CropViewSpec, CropViewSpec];
+}
+
+/**
+ * A labelled image dataset. `batch` hands out images that all have the same height, width and
+ * channel count (for image folders, the evaluation transform of images of any size).
+ */
 export interface Dataset {
   name: string;
   length: number;
@@ -26,6 +39,17 @@ export interface Dataset {
   std: number[];
   /** Pixels (uint8, HWC interleaved) and labels of the given sample indices, in that order. */
   batch(indices: ArrayLike<number>): Promise<{ pixels: Uint8Array; labels: Int32Array }>;
+  /**
+   * Present on datasets whose images differ in size (image folders): both training views'
+   * random resized crops, [n, size, size, channels] uint8 each, cut on the CPU from every image at
+   * its own resolution. Sample k's crop box and flip of view v are `sampleCropAndFlip(views[v],
+   * its height, its width, seed, step, k, v)` and are already applied; the loader then runs the
+   * rest of the augmentation on the GPU (`Augmenter.viewsFromCrops`).
+   */
+  randomResizedCrops?(
+    indices: ArrayLike<number>,
+    request: CropRequest,
+  ): Promise<{ views: [Uint8Array, Uint8Array]; labels: Int32Array }>;
   /** Release background resources (decode workers); the dataset must not be used afterwards. */
   close?(): void;
 }
@@ -39,7 +63,10 @@ export interface LoadOptions {
   /** Directory holding the files (defaults exist for fashion-mnist and mnist). */
   dir?: string;
   split: "train" | "test";
-  /** Folder datasets: side of the square images (shorter side resized, then centre-cropped). */
+  /**
+   * Folder datasets: side of the square images (evaluation: shorter side resized to
+   * round(imageSize * 256 / 224), then centre-cropped; training: the random resized crops).
+   */
   imageSize?: number;
 }
 

@@ -1,15 +1,14 @@
 /**
- * Web Worker that reads, decodes and resizes image files for the folder dataset, off the main
- * thread. Request: { id, paths, size }. Reply: { id, pixels } (uint8 RGB, `paths.length` images
- * of size x size, back to back; the buffer is transferred) or { id, error }.
+ * Web Worker that runs the folder dataset's decode tasks (`folder_decode.ts`) off the main
+ * thread. Request: { id, task }. Reply: { id, pixels } (the buffer is transferred) or
+ * { id, error }.
  */
-import { loadImageFile } from "./image.ts";
+import { type DecodeTask, runDecodeTask } from "./folder_decode.ts";
 
 /** A decode request. */
 export interface DecodeRequest {
   id: number;
-  paths: string[];
-  size: number;
+  task: DecodeTask;
 }
 
 /** A decode reply. */
@@ -25,13 +24,9 @@ const scope = self as unknown as {
 };
 
 scope.onmessage = async (event: MessageEvent<DecodeRequest>) => {
-  const { id, paths, size } = event.data;
+  const { id, task } = event.data;
   try {
-    const imageBytes = size * size * 3;
-    const pixels = new Uint8Array(paths.length * imageBytes);
-    for (let i = 0; i < paths.length; i++) {
-      pixels.set(await loadImageFile(paths[i], size), i * imageBytes);
-    }
+    const pixels = await runDecodeTask(task);
     scope.postMessage({ id, pixels }, [pixels.buffer]);
   } catch (e) {
     scope.postMessage({ id, error: (e as Error).message });

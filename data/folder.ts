@@ -1,8 +1,12 @@
 /**
  * ImageFolder: one sub-folder per class (classes sorted by name) of JPEG/PNG files (`.jpg`,
- * `.jpeg`, `.png`, any case; other files are ignored). Images are decoded in Web Workers
- * (`decode_worker.ts`) so training does not wait, and resized on the CPU to `imageSize` squared:
- * shorter side to `imageSize`, centre crop (antialiased bilinear).
+ * `.jpeg`, `.png`, any case; other files are ignored). Images are decoded per batch in Web Workers
+ * (`decode_worker.ts`) so training does not wait; nothing is stored resized.
+ * - `batch()` gives the evaluation transform, torchvision's Resize(R) + CenterCrop(imageSize) with
+ *   R = round(imageSize * 256 / 224) (256 for 224 px; antialiased bilinear), for both splits.
+ * - `randomResizedCrops()` gives the two training views' crops, each box sampled against the
+ *   image's own full decoded size (scale of the whole image's area, torchvision's 10 tries and
+ *   fallback) and resampled to imageSize on the CPU; the GPU applies the rest of the views.
  *
  * Split:
  * - If `dir/train` exists with `dir/val` (or `dir/test`), those are the train and test splits
@@ -12,11 +16,12 @@
  *   path: a fixed 10% ({@link HOLDOUT_FRACTION}) is held out as "test". The hash depends only on
  *   the path, so adding files never moves existing ones between the splits.
  */
-import type { Dataset } from "./dataset.ts";
+import type { CropRequest, Dataset } from "./dataset.ts";
 import { checkIndices, DatasetError, isDirectory, joinPath } from "./common.ts";
-import { loadImageFile } from "./image.ts";
+import { evalResizeSize } from "./image.ts";
 import { philox4x32 } from "./random.ts";
 import type { DecodeReply, DecodeRequest } from "./decode_worker.ts";
+import { type DecodeTask, runDecodeTask } from "./folder_decode.ts";
 
 /** Fraction of a single-folder dataset held out as the test split. */
 export const HOLDOUT_FRACTION = 0.1;
@@ -31,6 +36,11 @@ export interface FolderOptions {
   workers?: number;
   /** Milliseconds without work after which the workers are stopped (restarted on demand). */
   idleMs?: number;
+  /**
+   * Shorter side of the evaluation resize before the centre crop of `imageSize` (default
+   * round(imageSize * 256 / 224)); must be >= imageSize.
+   */
+  resize?: number;
 }
 
 /** One image file and its class. */
@@ -50,6 +60,13 @@ export function loadImageFolder(
 ): Promise<Dataset> {
   if (!Number.isInteger(imageSize) || imageSize < 1) {
     throw new Error(`folder dataset: image size must be a positive integer, not ${imageSize}`);
+  }
+  const resize = options.resize ?? evalResizeSize(imageSize);
+  if (!Number.isInteger(resize) || resize < imageSize) {
+    throw new Error(
+      `folder dataset: the evaluation resize (${resize}) must be an integer >= the image size ` +
+        `(${imageSize})`,
+    );
   }
   if (!isDirectory(dir)) {
     throw new DatasetError(
@@ -137,6 +154,8 @@ class ImageFolderDataset implements Dataset {
   readonly mean = [...IMAGENET_MEAN];
   readonly std = [...IMAGENET_STD];
   private readonly pool: DecodePool | undefined;
+  /** Shorter side of the evaluation resize. */
+  readonly resize: number;
 
   constructor(
     dir: string,
@@ -148,33 +167,87 @@ class ImageFolderDataset implements Dataset {
     this.name = `folder:${dir.replace(/\/+$/, "").split("/").pop()}`;
     this.length = entries.length;
     this.height = this.width = imageSize;
+    this.resize = options.resize ?? evalResizeSize(imageSize);
     const cores = navigator.hardwareConcurrency ?? 2;
     const workers = options.workers ?? Math.min(4, Math.max(1, cores - 1));
     this.pool = workers > 0 ? new DecodePool(workers, options.idleMs ?? 5000) : undefined;
   }
 
+  /** The evaluation transform (resize the shorter side, centre crop) of the given samples. */
   async batch(indices: ArrayLike<number>): Promise<{ pixels: Uint8Array; labels: Int32Array }> {
     checkIndices(this.name, indices, this.length);
     const size = this.imageSize;
-    const imageBytes = size * size * 3;
-    const paths = Array.from(indices, (i) => this.entries[i].path);
     const labels = Int32Array.from(indices, (i) => this.entries[i].label);
-    const pixels = new Uint8Array(paths.length * imageBytes);
-    if (!this.pool) {
-      for (let k = 0; k < paths.length; k++) {
-        pixels.set(await loadImageFile(paths[k], size), k * imageBytes);
-      }
-      return { pixels, labels };
+    const parts = await this.decode(indices, (paths) => ({
+      kind: "eval",
+      paths,
+      size,
+      resize: this.resize,
+    }));
+    const imageBytes = size * size * 3;
+    const pixels = new Uint8Array(indices.length * imageBytes);
+    for (const { start, pixels: p } of parts) pixels.set(p, start * imageBytes);
+    return { pixels, labels };
+  }
+
+  /** Both training views' random resized crops, cut from each image at its own resolution. */
+  async randomResizedCrops(
+    indices: ArrayLike<number>,
+    request: CropRequest,
+  ): Promise<{ views: [Uint8Array, Uint8Array]; labels: Int32Array }> {
+    checkIndices(this.name, indices, this.length);
+    const { size, seed, step, views } = request;
+    if (!Number.isInteger(size) || size < 1) {
+      throw new Error(`randomResizedCrops: crop size must be a positive integer, not ${size}`);
     }
-    // Contiguous chunks, one per worker, decoded in parallel.
+    const labels = Int32Array.from(indices, (i) => this.entries[i].label);
+    const parts = await this.decode(indices, (paths, start) => ({
+      kind: "crops",
+      paths,
+      size,
+      firstSample: start,
+      seed,
+      step,
+      views,
+    }));
+    const imageBytes = size * size * 3;
+    const out: [Uint8Array, Uint8Array] = [
+      new Uint8Array(indices.length * imageBytes),
+      new Uint8Array(indices.length * imageBytes),
+    ];
+    for (const { start, count, pixels } of parts) {
+      // A part holds its view-1 crops, then its view-2 crops.
+      out[0].set(pixels.subarray(0, count * imageBytes), start * imageBytes);
+      out[1].set(pixels.subarray(count * imageBytes), start * imageBytes);
+    }
+    return { views: out, labels };
+  }
+
+  /**
+   * Run a task over contiguous chunks of the samples, one chunk per worker in parallel (or all
+   * on this thread without workers).
+   */
+  private async decode(
+    indices: ArrayLike<number>,
+    taskOf: (paths: string[], start: number) => DecodeTask,
+  ): Promise<{ start: number; count: number; pixels: Uint8Array }[]> {
+    const paths = Array.from(indices, (i) => this.entries[i].path);
+    if (!this.pool) {
+      return [{ start: 0, count: paths.length, pixels: await runDecodeTask(taskOf(paths, 0)) }];
+    }
     const chunk = Math.ceil(paths.length / this.pool.size);
-    const jobs: Promise<void>[] = [];
+    const jobs: Promise<{ start: number; count: number; pixels: Uint8Array }>[] = [];
     for (let start = 0; start < paths.length; start += chunk) {
       const part = paths.slice(start, start + chunk);
-      jobs.push(this.pool.decode(part, size).then((p) => pixels.set(p, start * imageBytes)));
+      jobs.push(
+        this.pool.run(taskOf(part, start)).then((pixels) => ({
+          start,
+          count: part.length,
+          pixels,
+        })),
+      );
     }
-    await Promise.all(jobs);
-    return { pixels, labels };
+    return await Promise.all(jobs);
   }
 
   close(): void {
@@ -195,14 +268,14 @@ class DecodePool {
 
   constructor(readonly size: number, private readonly idleMs: number) {}
 
-  decode(paths: string[], size: number): Promise<Uint8Array> {
+  run(task: DecodeTask): Promise<Uint8Array> {
     this.cancelIdleTimer();
     if (this.workers.length === 0) this.start();
     const id = this.nextId++;
     const worker = this.workers[this.nextWorker++ % this.workers.length];
     return new Promise<Uint8Array>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, paths, size } satisfies DecodeRequest);
+      worker.postMessage({ id, task } satisfies DecodeRequest);
     });
   }
 

@@ -1,6 +1,8 @@
 /**
- * Decoding JPEG/PNG files to RGB (npm `jpeg-js`, `fast-png`) and resizing them to a square on the
- * CPU. Used by the decode workers of the folder dataset (and directly when workers are off).
+ * Decoding JPEG/PNG files to RGB (npm `jpeg-js`, `fast-png`) and resampling them on the CPU the
+ * way torchvision does on PIL images: the evaluation resize + centre crop and the random resized
+ * crop of training. Used by the decode workers of the folder dataset (and directly when workers
+ * are off).
  */
 import jpeg from "jpeg-js";
 import { convertIndexedToRgb, decode as decodePng } from "fast-png";
@@ -70,6 +72,24 @@ function decodePngToRgb(bytes: Uint8Array): RgbImage {
   return { width, height, data: out };
 }
 
+/** Resampling filter of the CPU resize (Pillow's BILINEAR and BICUBIC, a = -0.5). */
+export type ResizeFilter = "bilinear" | "bicubic";
+
+/** The filter's half-width at scale 1 and its weight at distance x. */
+const FILTERS: Record<ResizeFilter, { support: number; weight: (x: number) => number }> = {
+  bilinear: { support: 1, weight: (x) => Math.max(0, 1 - Math.abs(x)) },
+  bicubic: {
+    support: 2,
+    weight: (x) => {
+      const a = Math.abs(x);
+      const A = -0.5;
+      if (a < 1) return ((A + 2) * a - (A + 3)) * a * a + 1;
+      if (a < 2) return (((a - 5) * a + 8) * a - 4) * A;
+      return 0;
+    },
+  },
+};
+
 /** Filter taps of one output coordinate: the first source index and normalised weights. */
 interface Taps {
   first: number;
@@ -77,53 +97,66 @@ interface Taps {
 }
 
 /**
- * Antialiased linear resampling weights (Pillow's `resize(box=...)`): output pixel `o` covers
- * source [boxStart + o*scale, boxStart + (o+1)*scale); the triangle filter is widened by the
- * scale when shrinking, so it averages the covered area, and is plain bilinear when enlarging.
- * Taps may reach past the box into the rest of the image (as when resizing the whole image and
- * cropping afterwards); taps outside [0, inSize) are dropped and the rest renormalised.
+ * Antialiased resampling weights (Pillow's `resize(box=...)`): output pixel `o` is centred at
+ * source `boxStart + (o + 0.5) * scale`, scale = (boxEnd - boxStart) / outSize; the filter is
+ * widened by the scale when shrinking, so it averages the covered area. Taps outside
+ * [`validStart`, `validEnd`) are dropped and the rest renormalised: the whole image when
+ * resizing it and cropping afterwards (Resize + CenterCrop), the box itself when the box was cut
+ * out first (RandomResizedCrop = crop, then resize).
  */
-function linearTaps(boxStart: number, boxEnd: number, inSize: number, outSize: number): Taps[] {
+function resampleTaps(
+  boxStart: number,
+  boxEnd: number,
+  validStart: number,
+  validEnd: number,
+  outSize: number,
+  filter: ResizeFilter,
+): Taps[] {
+  const { support: baseSupport, weight } = FILTERS[filter];
   const scale = (boxEnd - boxStart) / outSize;
   const stretch = Math.max(scale, 1);
-  const support = stretch;
+  const support = baseSupport * stretch;
   const taps: Taps[] = [];
   for (let o = 0; o < outSize; o++) {
-    const center = boxStart + (o + 0.5) * scale;
+    // Pillow works in coordinates relative to the valid range.
+    const center = boxStart - validStart + (o + 0.5) * scale;
     const first = Math.max(Math.trunc(center - support + 0.5), 0);
-    const last = Math.min(Math.trunc(center + support + 0.5), inSize);
+    const last = Math.min(Math.trunc(center + support + 0.5), validEnd - validStart);
     const weights = new Float64Array(Math.max(last - first, 1));
     let sum = 0;
     for (let k = 0; k < last - first; k++) {
-      const w = Math.max(0, 1 - Math.abs((first + k - center + 0.5) / stretch));
+      const w = weight((first + k - center + 0.5) / stretch);
       weights[k] = w;
       sum += w;
     }
-    if (sum > 0) { for (let k = 0; k < weights.length; k++) weights[k] /= sum; }
+    if (sum !== 0) { for (let k = 0; k < weights.length; k++) weights[k] /= sum; }
     else weights[0] = 1;
-    taps.push({ first: Math.min(first, inSize - 1), weights });
+    taps.push({ first: validStart + Math.min(first, validEnd - validStart - 1), weights });
   }
   return taps;
 }
 
 /**
- * Resize an RGB image to `size` x `size`: the shorter side is scaled to `size` and the longer
- * one centre-cropped (torchvision's Resize(size) + CenterCrop(size), done as one antialiased
- * bilinear resample of the centred square).
+ * Separable resample of an RGB image to `outWidth` x `outHeight` with precomputed taps (columns
+ * then rows, as Pillow; the intermediate clipped to [0, 255] but kept in float), rounded and
+ * clamped to 8 bits. `mirror` reverses
+ * the output columns (a horizontal flip).
  */
-export function resizeToSquare(image: RgbImage, size: number): Uint8Array {
-  const { width, height, data } = image;
-  const side = Math.min(width, height);
-  const left = Math.floor((width - side) / 2);
-  const top = Math.floor((height - side) / 2);
-  const columnTaps = linearTaps(left, left + side, width, size);
-  const rowTaps = linearTaps(top, top + side, height, size);
-  // Horizontal pass over the rows the vertical pass reads, in float.
-  const firstRow = rowTaps[0].first;
-  const lastRow = rowTaps[size - 1].first + rowTaps[size - 1].weights.length;
-  const wide = new Float32Array(height * size * 3);
-  for (let y = firstRow; y < lastRow; y++) {
-    for (let x = 0; x < size; x++) {
+function resample(
+  image: RgbImage,
+  columnTaps: Taps[],
+  rowTaps: Taps[],
+  mirror = false,
+): Uint8Array {
+  const { width, data } = image;
+  const outWidth = columnTaps.length;
+  const outHeight = rowTaps.length;
+  // Horizontal pass over the rows the vertical pass reads.
+  const firstRow = Math.min(...rowTaps.map((t) => t.first));
+  const endRow = Math.max(...rowTaps.map((t) => t.first + t.weights.length));
+  const wide = new Float32Array((endRow - firstRow) * outWidth * 3);
+  for (let y = firstRow; y < endRow; y++) {
+    for (let x = 0; x < outWidth; x++) {
       const { first, weights } = columnTaps[x];
       let r = 0, g = 0, b = 0;
       for (let k = 0; k < weights.length; k++) {
@@ -132,38 +165,118 @@ export function resizeToSquare(image: RgbImage, size: number): Uint8Array {
         g += weights[k] * data[s + 1];
         b += weights[k] * data[s + 2];
       }
-      const o = 3 * (y * size + x);
-      wide[o] = r;
-      wide[o + 1] = g;
-      wide[o + 2] = b;
+      const o = 3 * ((y - firstRow) * outWidth + (mirror ? outWidth - 1 - x : x));
+      // Clipped like Pillow's 8-bit intermediate (bicubic overshoots), not rounded.
+      wide[o] = Math.min(255, Math.max(0, r));
+      wide[o + 1] = Math.min(255, Math.max(0, g));
+      wide[o + 2] = Math.min(255, Math.max(0, b));
     }
   }
-  const out = new Uint8Array(size * size * 3);
-  for (let y = 0; y < size; y++) {
+  const out = new Uint8Array(outWidth * outHeight * 3);
+  for (let y = 0; y < outHeight; y++) {
     const { first, weights } = rowTaps[y];
-    for (let x = 0; x < size; x++) {
+    for (let x = 0; x < outWidth; x++) {
       for (let c = 0; c < 3; c++) {
         let v = 0;
         for (let k = 0; k < weights.length; k++) {
-          v += weights[k] * wide[3 * ((first + k) * size + x) + c];
+          v += weights[k] * wide[3 * ((first - firstRow + k) * outWidth + x) + c];
         }
-        out[3 * (y * size + x) + c] = Math.min(255, Math.max(0, Math.round(v)));
+        out[3 * (y * outWidth + x) + c] = Math.min(255, Math.max(0, Math.round(v)));
       }
     }
   }
   return out;
 }
 
-/** Read, decode and resize one file; errors name the file and the fix. */
-export async function loadImageFile(path: string, size: number): Promise<Uint8Array> {
+/**
+ * The shorter side that evaluation resizes to before its centre crop of `imageSize`: the
+ * standard ImageNet ratio 256/224 (224 -> 256, 32 -> 37).
+ */
+export function evalResizeSize(imageSize: number): number {
+  return Math.round(imageSize * 256 / 224);
+}
+
+/** Python 3's round() on x.5 (to even), which torchvision's CenterCrop uses. */
+function pythonRound(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * torchvision's evaluation transform Resize(`resize`) + CenterCrop(`size`) on a PIL image,
+ * antialiased bilinear: the shorter side becomes `resize`, the longer int(resize * long /
+ * short) (aspect kept), then the centred `size` x `size` square is cut out. Done as one
+ * resample of the crop's footprint in the source, with taps reaching the whole image as the
+ * full resize would. Requires resize >= size.
+ */
+export function resizeCentreCrop(image: RgbImage, resize: number, size: number): Uint8Array {
+  if (!(Number.isInteger(resize) && Number.isInteger(size) && size >= 1 && resize >= size)) {
+    throw new Error(`resizeCentreCrop: need integers resize >= size >= 1, got ${resize}, ${size}`);
+  }
+  const { width, height } = image;
+  const short = Math.min(width, height);
+  const long = Math.max(width, height);
+  const resizedLong = Math.trunc(resize * long / short);
+  const resizedWidth = width <= height ? resize : resizedLong;
+  const resizedHeight = width <= height ? resizedLong : resize;
+  const left = pythonRound((resizedWidth - size) / 2);
+  const top = pythonRound((resizedHeight - size) / 2);
+  const scaleX = width / resizedWidth;
+  const scaleY = height / resizedHeight;
+  const columnTaps = resampleTaps(
+    left * scaleX,
+    (left + size) * scaleX,
+    0,
+    width,
+    size,
+    "bilinear",
+  );
+  const rowTaps = resampleTaps(top * scaleY, (top + size) * scaleY, 0, height, size, "bilinear");
+  return resample(image, columnTaps, rowTaps);
+}
+
+/** A crop box in source pixels (integers, inside the image). */
+export interface PixelBox {
+  top: number;
+  left: number;
+  height: number;
+  width: number;
+}
+
+/**
+ * torchvision's resized_crop on a PIL image: cut `box` out, resize it to `size` x `size` with
+ * the antialiased `filter` (taps stay inside the box), then mirror it when `flip` is set
+ * (RandomResizedCrop followed by RandomHorizontalFlip).
+ */
+export function resizedCrop(
+  image: RgbImage,
+  box: PixelBox,
+  size: number,
+  filter: ResizeFilter,
+  flip: boolean,
+): Uint8Array {
+  const { top, left, height, width } = box;
+  if (
+    !(Number.isInteger(top) && Number.isInteger(left) && height >= 1 && width >= 1 &&
+      top >= 0 && left >= 0 && top + height <= image.height && left + width <= image.width)
+  ) {
+    throw new Error(
+      `resizedCrop: box ${JSON.stringify(box)} is not inside ${image.height}x${image.width}`,
+    );
+  }
+  const columnTaps = resampleTaps(left, left + width, left, left + width, size, filter);
+  const rowTaps = resampleTaps(top, top + height, top, top + height, size, filter);
+  return resample(image, columnTaps, rowTaps, flip);
+}
+
+/** Read and decode one file; errors name the file and the fix. */
+export async function readImageFile(path: string): Promise<RgbImage> {
   const bytes = await Deno.readFile(path);
-  let image: RgbImage;
   try {
-    image = decodeImage(bytes);
+    return decodeImage(bytes);
   } catch (e) {
     throw new Error(
       `${path}: corrupt or unsupported image (${(e as Error).message}); delete or replace it`,
     );
   }
-  return resizeToSquare(image, size);
 }

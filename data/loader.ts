@@ -10,10 +10,15 @@
  * its own augmentation stream): optimizer step k uses loader steps k*A .. k*A+A-1. With R
  * data-parallel ranks the stream is global: rank r takes loader steps k*A*R + r*A .. + A-1 of
  * optimizer step k, so R ranks see exactly the micro-batches of one process with accumulation A*R.
+ *
+ * Datasets of images of varying size (image folders) cut both views' random resized crops on the
+ * CPU, from each image at its own resolution (`Dataset.randomResizedCrops`); only the crops go to
+ * the GPU, which applies the rest of the views, and such a batch has no `images`.
  */
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
 import type { MicroBatch } from "../models/ssl.ts";
 import { type Dataset, shuffledOrder } from "./dataset.ts";
+import { cropViewSpec } from "./folder_decode.ts";
 import {
   type Augmenter,
   type BranchViews,
@@ -63,8 +68,11 @@ export interface Batch {
   epoch: number;
   /** Dataset indices of the samples, in batch order. */
   indices: Uint32Array;
-  /** [N, H, W, C] f32 in [0, 1], not normalised. */
-  images: Tensor;
+  /**
+   * [N, H, W, C] f32 in [0, 1], not normalised; absent when the views were cut on the CPU from
+   * images of varying size (a dataset with `randomResizedCrops` and an augmenter).
+   */
+  images?: Tensor;
   labels: Int32Array;
   /** The two normalised views (when the loader has an augmenter). */
   views?: Views;
@@ -200,38 +208,71 @@ export class BatchLoader {
 
   private load(step: number): Promise<Batch> {
     const indices = this.indicesOf(step);
-    const epoch = Math.floor(step / this.stepsPerEpoch);
-    const { dataset, gpu } = this;
-    const augmenter = this.options.augmenter;
-    const promise = dataset.batch(indices).then(({ pixels, labels }): Batch => {
-      const n = indices.length;
-      const images = uploadPixels(gpu, pixels, [
-        n,
-        dataset.height,
-        dataset.width,
-        dataset.channels,
-      ]);
-      const views = augmenter?.views(images, this.options.seed, step);
-      const branches = views && augmenter
-        ? branchInputs(augmenter, views, this.options.seed, step)
-        : undefined;
-      return {
-        step,
-        epoch,
-        indices,
-        images,
-        labels,
-        views,
-        branches,
-        release() {
-          images.release();
-          if (views && branches) releaseBranches(views, branches);
-        },
-      };
-    });
+    const promise = this.options.augmenter && this.dataset.randomResizedCrops
+      ? this.loadCrops(step, indices, this.options.augmenter)
+      : this.loadImages(step, indices);
     // Errors surface when the batch is asked for, not as an unhandled rejection before that.
     promise.catch(() => {});
     return promise;
+  }
+
+  /** Fixed-size images uploaded whole; the views (if any) are cut from them on the GPU. */
+  private async loadImages(step: number, indices: Uint32Array): Promise<Batch> {
+    const { dataset, gpu } = this;
+    const augmenter = this.options.augmenter;
+    const { pixels, labels } = await dataset.batch(indices);
+    const images = uploadPixels(gpu, pixels, [
+      indices.length,
+      dataset.height,
+      dataset.width,
+      dataset.channels,
+    ]);
+    const views = augmenter?.views(images, this.options.seed, step);
+    return this.assemble(step, indices, labels, images, views);
+  }
+
+  /** Both views' crops cut by the dataset on the CPU; the GPU does the rest. */
+  private async loadCrops(
+    step: number,
+    indices: Uint32Array,
+    augmenter: Augmenter,
+  ): Promise<Batch> {
+    const { seed } = this.options;
+    const [view1, view2] = augmenter.config.views;
+    const { views: crops, labels } = await this.dataset.randomResizedCrops!(indices, {
+      seed,
+      step,
+      size: augmenter.outputSize,
+      views: [cropViewSpec(view1), cropViewSpec(view2)],
+    });
+    const views = augmenter.viewsFromCrops(crops, indices.length, seed, step);
+    return this.assemble(step, indices, labels, undefined, views);
+  }
+
+  private assemble(
+    step: number,
+    indices: Uint32Array,
+    labels: Int32Array,
+    images: Tensor | undefined,
+    views: Views | undefined,
+  ): Batch {
+    const augmenter = this.options.augmenter;
+    const branches = views && augmenter
+      ? branchInputs(augmenter, views, this.options.seed, step)
+      : undefined;
+    return {
+      step,
+      epoch: Math.floor(step / this.stepsPerEpoch),
+      indices,
+      images,
+      labels,
+      views,
+      branches,
+      release() {
+        images?.release();
+        if (views && branches) releaseBranches(views, branches);
+      },
+    };
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * `deno task preview [--dataset fashion-mnist] [--data DIR] [--out preview.png] [--n 8]
  * [--seed 0] [--size S] [--image-size N] [--step K]`: a PNG grid of n training images (top row)
- * and their two augmented views (view 1, view 2) as training would see them at step K.
+ * and their two augmented views (view 1, view 2) as training would see them at step K. For an
+ * image folder the top row is the evaluation transform (resize, centre crop to N).
  */
 import { parseArgs } from "node:util";
 import { encode as encodePng } from "fast-png";
@@ -10,6 +11,7 @@ import { DATASET_NAMES, DatasetError, loadDataset, shuffledOrder } from "../data
 import { Augmenter } from "../data/augment.ts";
 import { augmentConfigFor } from "../data/augment_config.ts";
 import { composeGrid } from "../data/grid.ts";
+import { cropViewSpec } from "../data/folder_decode.ts";
 import { nonNegativeInt, oneOf, positiveInt, runMain, UserError } from "./cli.ts";
 
 const USAGE = `usage: deno task preview [flags]
@@ -68,7 +70,21 @@ async function main(): Promise<number> {
     );
     const { pixels } = await dataset.batch(indices);
     const images = augmenter.uploadBatch(pixels, indices.length);
-    const { view1, view2 } = augmenter.views(images, seed, step);
+    // Image folders cut the training crops on the CPU, from each image at its own resolution.
+    const [first, second] = augmenter.config.views;
+    const { view1, view2 } = dataset.randomResizedCrops
+      ? augmenter.viewsFromCrops(
+        (await dataset.randomResizedCrops(indices, {
+          seed,
+          step,
+          size,
+          views: [cropViewSpec(first), cropViewSpec(second)],
+        })).views,
+        indices.length,
+        seed,
+        step,
+      )
+      : augmenter.views(images, seed, step);
     const [v1, v2] = await gpu.read([view1, view2]);
     const shape = { channels: dataset.channels, mean: dataset.mean, std: dataset.std };
     const grid = composeGrid(

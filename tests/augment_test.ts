@@ -23,11 +23,12 @@ import {
   sampleAugmentation,
   sampleBranchSizes,
   sampleCrop,
+  sampleCropAndFlip,
   sampleStream,
   scaledRange,
 } from "../data/augment_params.ts";
 import { imagenetViews, RELEASED_RESCALE, smallDataViews } from "../data/augment_config.ts";
-import { Augmenter, releaseBranches } from "../data/augment.ts";
+import { Augmenter, releaseBranches, uploadPixels } from "../data/augment.ts";
 import { CounterStream, philox4x32 } from "../data/random.ts";
 
 // f32 kernels vs float64 references: resampling and blur sum a few dozen products of values in
@@ -864,5 +865,63 @@ Deno.test({
         }, 28).branchSizes(0, 0),
       /no rescale/,
     );
+  },
+});
+
+Deno.test("augment params: sampleCropAndFlip makes sampleAugmentation's crop and flip draws", () => {
+  const rng = new Rng(4);
+  for (const view of [...imagenetViews().views, ...smallDataViews(32).views]) {
+    for (let t = 0; t < 50; t++) {
+      const [height, width] = [1 + Math.floor(rng.next() * 500), 1 + Math.floor(rng.next() * 500)];
+      const [seed, step, sample] = [t, 1000 + t, t % 7];
+      const v = t % 2;
+      const full = sampleAugmentation(view, { height, width, channels: 3 }, seed, step, sample, v);
+      assert.deepEqual(
+        sampleCropAndFlip(view, height, width, seed, step, sample, v),
+        { crop: full.crop, flip: full.flip },
+        `${height}x${width}`,
+      );
+    }
+  }
+});
+
+Deno.test({
+  name:
+    "augment: viewsFromCrops = augment() of the crops as whole, unflipped images, [3, 12, 12, 3]",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const [n, size] = [3, 12];
+    const input = {
+      height: size,
+      width: size,
+      channels: 3,
+      mean: [0.4, 0.5, 0.6],
+      std: [0.2, 0.3, 0.25],
+    };
+    const augmenter = new Augmenter(gpu, imagenetViews(), input, size);
+    const rng = new Rng(9);
+    const crops = [0, 1].map(() =>
+      Uint8Array.from({ length: n * size * size * 3 }, () => Math.floor(rng.next() * 256))
+    ) as [Uint8Array, Uint8Array];
+    for (const step of [0, 1, 2]) {
+      const got = augmenter.viewsFromCrops(crops, n, 5, step);
+      // The reference: the same colour/blur/solarize draws of (seed, step, sample, view), the
+      // crop the whole image (an exact identity resample) and no flip (the CPU did it).
+      const expected = ([0, 1] as const).map((v) => {
+        const images = uploadPixels(gpu, crops[v], [n, size, size, 3]);
+        const samples = augmenter.sampleParams(n, 5, step, v).map((s) => ({
+          ...s,
+          crop: { top: 0, left: 0, height: size, width: size },
+          flip: false,
+        }));
+        const out = augmenter.augment(images, samples, v);
+        images.release();
+        return out;
+      });
+      const [g1, g2, e1, e2] = await gpu.read([got.view1, got.view2, ...expected]);
+      assert.deepEqual([g1, g2], [e1, e2], `step ${step}`);
+      for (const t of [got.view1, got.view2, ...expected]) t.release();
+    }
   },
 });

@@ -9,7 +9,17 @@ import { encode as encodePng } from "fast-png";
 import { Rng } from "./util.ts";
 import { type Dataset, loadDataset, shuffledOrder } from "../data/dataset.ts";
 import { HOLDOUT_FRACTION, isHeldOut, loadImageFolder } from "../data/folder.ts";
-import { decodeImage, resizeToSquare } from "../data/image.ts";
+import {
+  decodeImage,
+  type PixelBox,
+  resizeCentreCrop,
+  resizedCrop,
+  type ResizeFilter,
+  type RgbImage,
+} from "../data/image.ts";
+import { imagenetViews } from "../data/augment_config.ts";
+import { sampleCropAndFlip } from "../data/augment_params.ts";
+import { type CropViewSpec, cropViewSpec } from "../data/folder_decode.ts";
 
 // ---------------------------------------------------------------------------------------------
 // file writers
@@ -390,8 +400,9 @@ Deno.test({
     try {
       const expected = await writeFolder(root);
       const rels = [...expected.keys()];
-      const train = await loadImageFolder(root, "train", SIZE, { workers: 2 });
-      const test = await loadImageFolder(root, "test", SIZE, { workers: 0 });
+      // resize = SIZE: the evaluation transform of an 8x8 image is the image itself.
+      const train = await loadImageFolder(root, "train", SIZE, { workers: 2, resize: SIZE });
+      const test = await loadImageFolder(root, "test", SIZE, { workers: 0, resize: SIZE });
       opened.push(train, test);
       assert.equal(train.length + test.length, rels.length);
       assert.deepEqual([train.classes, train.channels, train.height, train.width], [
@@ -418,7 +429,7 @@ Deno.test({
         assert.ok(worst <= jpegError, `${rel}: max difference ${worst}`);
       });
       // Workers and the calling thread decode the same bytes.
-      const inline = await loadImageFolder(root, "train", SIZE, { workers: 0 });
+      const inline = await loadImageFolder(root, "train", SIZE, { workers: 0, resize: SIZE });
       opened.push(inline);
       assert.deepEqual((await inline.batch([3, 1])).pixels, (await train.batch([3, 1])).pixels);
     } finally {
@@ -519,24 +530,325 @@ Deno.test("datasets: bad image folders give one clear error naming the file", as
   }
 });
 
-Deno.test("datasets: folder resize matches Pillow's antialiased bilinear (golden, +-1 level)", async () => {
+Deno.test("datasets: folder resize and crops match torchvision on PIL (golden, +-1 level)", async () => {
   const golden = JSON.parse(
     await Deno.readTextFile(new URL("./golden/folder_resize.json", import.meta.url)),
   );
+  const worstOf = (got: Uint8Array, want: number[]) =>
+    got.reduce((m: number, v: number, i: number) => Math.max(m, Math.abs(v - want[i])), 0);
+  // Resize(resize) + CenterCrop(size).
   for (const c of golden.cases) {
-    const got = resizeToSquare(
-      { width: c.width, height: c.height, data: Uint8Array.from(c.input) },
-      c.size,
-    );
-    const worst = got.reduce(
-      (m: number, v: number, i: number) => Math.max(m, Math.abs(v - c.output[i])),
-      0,
-    );
-    assert.ok(worst <= 1, `${c.width}x${c.height} -> ${c.size}: max difference ${worst}`);
+    const image = { width: c.width, height: c.height, data: Uint8Array.from(c.input) };
+    const got = resizeCentreCrop(image, c.resize, c.size);
+    const worst = worstOf(got, c.output);
+    assert.ok(worst <= 1, `${c.width}x${c.height} -> ${c.resize} / ${c.size}: max diff ${worst}`);
+  }
+  // F.resized_crop (+ hflip), bilinear and bicubic.
+  for (const c of golden.crops) {
+    const image = { width: c.width, height: c.height, data: Uint8Array.from(c.input) };
+    const got = resizedCrop(image, c.box, c.size, c.filter, c.flip);
+    const worst = worstOf(got, c.output);
+    assert.ok(worst <= 1, `crop ${JSON.stringify(c.box)} ${c.filter}: max difference ${worst}`);
   }
   // And the decoders agree with what was encoded (lossless PNG).
   const rgb = randomRgb(5, 3, 4);
   assert.deepEqual(decodeImage(pngBytes(5, 3, 3, rgb)).data, rgb);
+});
+
+// float64 references: Pillow's antialiased resampling (horizontal pass, clipped to [0, 255], then
+// vertical) written as the two steps torchvision takes (resize the whole image or the cut-out
+// box, then crop), independent of data/image.ts's one-pass formulation.
+
+function filterWeight(x: number, filter: ResizeFilter): number {
+  const a = Math.abs(x);
+  if (filter === "bilinear") return Math.max(0, 1 - a);
+  if (a < 1) return (1.5 * a - 2.5) * a * a + 1;
+  if (a < 2) return (((a - 5) * a + 8) * a - 4) * -0.5;
+  return 0;
+}
+
+/** Resize a float64 HWC image to outH x outW (Pillow: centre (o + 0.5) * scale, clipped taps). */
+function resize64(
+  data: Float64Array,
+  h: number,
+  w: number,
+  outH: number,
+  outW: number,
+  filter: ResizeFilter,
+): Float64Array {
+  const axis = (inSize: number, outSize: number) => {
+    const scale = inSize / outSize;
+    const stretch = Math.max(scale, 1);
+    const support = (filter === "bilinear" ? 1 : 2) * stretch;
+    return Array.from({ length: outSize }, (_, o) => {
+      const center = (o + 0.5) * scale;
+      const taps: [number, number][] = [];
+      let sum = 0;
+      for (let k = Math.floor(center - support); k <= Math.ceil(center + support); k++) {
+        if (k < 0 || k >= inSize) continue;
+        const weight = filterWeight((k + 0.5 - center) / stretch, filter);
+        taps.push([k, weight]);
+        sum += weight;
+      }
+      return taps.map(([k, weight]) => [k, weight / sum] as [number, number]);
+    });
+  };
+  const cols = axis(w, outW);
+  const rows = axis(h, outH);
+  const wide = new Float64Array(h * outW * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < outW; x++) {
+      for (const [k, weight] of cols[x]) {
+        for (let c = 0; c < 3; c++) {
+          wide[3 * (y * outW + x) + c] += weight * data[3 * (y * w + k) + c];
+        }
+      }
+    }
+  }
+  // Pillow clips its first (horizontal) pass to 8-bit range: bicubic overshoots.
+  for (let i = 0; i < wide.length; i++) wide[i] = Math.min(255, Math.max(0, wide[i]));
+  const out = new Float64Array(outH * outW * 3);
+  for (let y = 0; y < outH; y++) {
+    for (const [k, weight] of rows[y]) {
+      for (let x = 0; x < outW; x++) {
+        for (let c = 0; c < 3; c++) {
+          out[3 * (y * outW + x) + c] += weight * wide[3 * (k * outW + x) + c];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** torchvision Resize(resize) + CenterCrop(size) in float64 (not rounded). */
+function evalTransform64(image: RgbImage, resize: number, size: number): Float64Array {
+  const { width: w, height: h } = image;
+  const [outW, outH] = w <= h
+    ? [resize, Math.trunc(resize * h / w)]
+    : [Math.trunc(resize * w / h), resize];
+  const resized = resize64(Float64Array.from(image.data), h, w, outH, outW, "bilinear");
+  const half = (
+    x: number,
+  ) => (x % 1 === 0.5 && Math.floor(x) % 2 === 0 ? Math.floor(x) : Math.round(x));
+  const top = half((outH - size) / 2);
+  const left = half((outW - size) / 2);
+  const out = new Float64Array(size * size * 3);
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size * 3; x++) {
+      out[y * size * 3 + x] = resized[((top + y) * outW + left) * 3 + x];
+    }
+  }
+  return out;
+}
+
+/** F.resized_crop (+ hflip) in float64: cut the box out, resize it, mirror. */
+function resizedCrop64(
+  image: RgbImage,
+  box: PixelBox,
+  size: number,
+  filter: ResizeFilter,
+  flip: boolean,
+): Float64Array {
+  const cut = new Float64Array(box.height * box.width * 3);
+  for (let y = 0; y < box.height; y++) {
+    for (let x = 0; x < box.width * 3; x++) {
+      cut[y * box.width * 3 + x] = image.data[((box.top + y) * image.width + box.left) * 3 + x];
+    }
+  }
+  const out = resize64(cut, box.height, box.width, size, size, filter);
+  if (!flip) return out;
+  const mirrored = new Float64Array(out.length);
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      for (let c = 0; c < 3; c++) {
+        mirrored[3 * (y * size + x) + c] = out[3 * (y * size + size - 1 - x) + c];
+      }
+    }
+  }
+  return mirrored;
+}
+
+/**
+ * 8-bit output against a float64 reference clamped to [0, 255]: |a - e| <= 0.5 + 1e-3 (rounding
+ * to the nearest level, plus the float32 intermediate pass). Fails naming the worst element.
+ */
+function assertRoundsTo(got: Uint8Array, expected: Float64Array, what: string): void {
+  assert.equal(got.length, expected.length, `${what}: length`);
+  let worst = 0;
+  let at = 0;
+  for (let i = 0; i < got.length; i++) {
+    const d = Math.abs(got[i] - Math.min(255, Math.max(0, expected[i])));
+    if (d > worst) [worst, at] = [d, i];
+  }
+  assert.ok(
+    worst <= 0.5 + 1e-3,
+    `${what}: worst element ${at}: got ${got[at]}, expected ${expected[at]} (|diff| ${worst})`,
+  );
+}
+
+/** A train/ + val/ folder of PNGs of the given sizes (class "c"), random pixels. */
+async function writeSizedFolder(
+  root: string,
+  sizes: [number, number][],
+): Promise<Map<string, RgbImage>> {
+  const images = new Map<string, RgbImage>();
+  for (const split of ["train", "val"]) await Deno.mkdir(`${root}/${split}/c`, { recursive: true });
+  for (const [i, [width, height]] of sizes.entries()) {
+    const data = randomRgb(width, height, 300 + i);
+    // Sorted by name: file i is sample i.
+    const name = `img${String(i).padStart(2, "0")}.png`;
+    await Deno.writeFile(`${root}/train/c/${name}`, pngBytes(width, height, 3, data));
+    await Deno.writeFile(`${root}/val/c/${name}`, pngBytes(width, height, 3, data));
+    images.set(name, { width, height, data });
+  }
+  return images;
+}
+
+Deno.test("datasets: folder evaluation transform is resize-256 + centre-crop-224 (float64 reference)", async () => {
+  const root = await Deno.makeTempDir({ prefix: "tritrain-folder-eval-" });
+  const opened: Dataset[] = [];
+  try {
+    // Landscape, portrait (odd margin: the centre crop's offset rounds half to even).
+    const images = [...(await writeSizedFolder(root, [[400, 300], [250, 347]])).values()];
+    const test = await loadDataset("folder", { dir: root, split: "test", imageSize: 224 });
+    opened.push(test);
+    assert.equal((test as unknown as { resize: number }).resize, 256);
+    assert.deepEqual([test.height, test.width], [224, 224]);
+    const { pixels } = await test.batch([0, 1]);
+    images.forEach((image, k) => {
+      assertRoundsTo(
+        pixels.subarray(k * 224 * 224 * 3, (k + 1) * 224 * 224 * 3),
+        evalTransform64(image, 256, 224),
+        `${image.width}x${image.height} -> 256 -> 224`,
+      );
+    });
+    // Other sizes keep the ratio: 32 px -> resize 37.
+    const small = await loadImageFolder(root, "test", 32, { workers: 0 });
+    opened.push(small);
+    assertRoundsTo(
+      (await small.batch([1])).pixels,
+      evalTransform64(images[1], 37, 32),
+      "250x347 -> 37 -> 32",
+    );
+  } finally {
+    for (const d of opened) d.close?.();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("datasets: folder random resized crops are sampled against each image's own size", async () => {
+  const root = await Deno.makeTempDir({ prefix: "tritrain-folder-crops-" });
+  const opened: Dataset[] = [];
+  try {
+    const sizes: [number, number][] = [[90, 20], [23, 61], [64, 64], [41, 30], [17, 70]];
+    const images = [...(await writeSizedFolder(root, sizes)).values()];
+    const size = 16;
+    const views = imagenetViews().views.map(cropViewSpec) as [CropViewSpec, CropViewSpec];
+    const inWorkers = await loadImageFolder(root, "train", size, { workers: 2 });
+    const inline = await loadImageFolder(root, "train", size, { workers: 0 });
+    opened.push(inWorkers, inline);
+    const indices = [3, 0, 4, 1, 2];
+    const seed = 7;
+    for (const step of [0, 5]) {
+      const request = { seed, step, size, views };
+      const got = await inWorkers.randomResizedCrops!(indices, request);
+      // The same crops however the batch is split between workers.
+      assert.deepEqual(got.views, (await inline.randomResizedCrops!(indices, request)).views);
+      indices.forEach((index, k) => {
+        const image = images[index];
+        for (const v of [0, 1] as const) {
+          const { crop, flip } = sampleCropAndFlip(
+            views[v],
+            image.height,
+            image.width,
+            seed,
+            step,
+            k,
+            v,
+          );
+          assert.ok(
+            crop.top + crop.height <= image.height && crop.left + crop.width <= image.width,
+            `${JSON.stringify(crop)} inside ${image.width}x${image.height}`,
+          );
+          assertRoundsTo(
+            got.views[v].subarray(k * size * size * 3, (k + 1) * size * size * 3),
+            resizedCrop64(image, crop, size, views[v].crop.interpolation, flip),
+            `step ${step} sample ${k} (${image.width}x${image.height}) view ${v + 1} crop ` +
+              JSON.stringify(crop),
+          );
+        }
+      });
+    }
+    // The boxes use each image's whole area: over many steps the 90x20 image's crops reach
+    // widths no 20 px square could hold, and its 17x70 sibling's reach heights over 17.
+    let widest = 0;
+    let tallest = 0;
+    for (let step = 0; step < 200; step++) {
+      widest = Math.max(widest, sampleCropAndFlip(views[0], 20, 90, seed, step, 0, 0).crop.width);
+      tallest = Math.max(
+        tallest,
+        sampleCropAndFlip(views[0], 70, 17, seed, step, 0, 0).crop.height,
+      );
+    }
+    assert.ok(widest > 20 && widest <= 90, `widest crop of 90x20: ${widest}`);
+    assert.ok(tallest > 17 && tallest <= 70, `tallest crop of 17x70: ${tallest}`);
+  } finally {
+    for (const d of opened) d.close?.();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("datasets: a folder crop of scale 1 at the image's aspect covers the whole image", async () => {
+  const root = await Deno.makeTempDir({ prefix: "tritrain-folder-whole-" });
+  const opened: Dataset[] = [];
+  try {
+    // 48x30 black with a 1-px white frame: the frame must reach all four edges of the crop.
+    const [w, h] = [48, 30];
+    const framed = new Uint8Array(w * h * 3);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        if (x === 0 || y === 0 || x === w - 1 || y === h - 1) {
+          framed.fill(255, 3 * (y * w + x), 3 * (y * w + x + 1));
+        }
+      }
+    }
+    for (const split of ["train", "val"]) {
+      await Deno.mkdir(`${root}/${split}/c`, { recursive: true });
+      await Deno.writeFile(`${root}/${split}/c/framed.png`, pngBytes(w, h, 3, framed));
+    }
+    const size = 12;
+    const ds = await loadImageFolder(root, "train", size, { workers: 1 });
+    opened.push(ds);
+    const whole: CropViewSpec = {
+      crop: { scale: [1, 1], ratio: [w / h, w / h], interpolation: "bilinear" },
+      flipP: 0,
+    };
+    const { views } = await ds.randomResizedCrops!([0], {
+      seed: 1,
+      step: 0,
+      size,
+      views: [whole, { ...whole, flipP: 1 }],
+    });
+    const image = { width: w, height: h, data: framed };
+    const box = { top: 0, left: 0, height: h, width: w };
+    assertRoundsTo(views[0], resizedCrop64(image, box, size, "bilinear", false), "whole image");
+    assertRoundsTo(views[1], resizedCrop64(image, box, size, "bilinear", true), "whole, flipped");
+    // Every edge pixel of the output sees the frame (a 48 -> 12 shrink averages 4 px, one of
+    // them white: >= 255 / 8 after the triangle weights); the centre sees none of it.
+    const at = (x: number, y: number) => views[0][3 * (y * size + x)];
+    for (let i = 0; i < size; i++) {
+      for (const [x, y] of [[i, 0], [i, size - 1], [0, i], [size - 1, i]]) {
+        assert.ok(at(x, y) >= 255 / 8, `edge pixel (${x}, ${y}) = ${at(x, y)}`);
+      }
+    }
+    assert.equal(at(size / 2, size / 2), 0);
+    // The evaluation transform, by contrast, crops the longer side's borders away.
+    const evalPixels = (await ds.batch([0])).pixels;
+    assert.equal(evalPixels[3 * (size / 2 * size)], 0, "eval: left edge, middle row");
+  } finally {
+    for (const d of opened) d.close?.();
+    await Deno.remove(root, { recursive: true });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------

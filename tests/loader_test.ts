@@ -9,9 +9,10 @@ import { gpuTest, Rng, testGpu } from "./util.ts";
 import { type Dataset, shuffledOrder } from "../data/dataset.ts";
 import { ArrayDataset } from "../data/memory.ts";
 import { type Batch, BatchLoader } from "../data/loader.ts";
-import { Augmenter } from "../data/augment.ts";
+import { Augmenter, augmentTensors } from "../data/augment.ts";
 import { RELEASED_RESCALE, smallDataViews } from "../data/augment_config.ts";
 import { loadImageFolder } from "../data/folder.ts";
+import { cropViewSpec } from "../data/folder_decode.ts";
 
 const [H, W, C] = [4, 4, 1];
 
@@ -64,7 +65,7 @@ class RecordingDataset implements Dataset {
 }
 
 async function summarise(batch: Batch) {
-  const images = await batch.images.read();
+  const images = await batch.images!.read();
   return {
     step: batch.step,
     epoch: batch.epoch,
@@ -93,7 +94,7 @@ Deno.test({
       assert.equal(s.epoch, epoch);
       assert.deepEqual(s.indices, Array.from(order.subarray((step % 3) * 3, (step % 3) * 3 + 3)));
       assert.deepEqual(s.labels, s.indices.map((i) => i % 3));
-      assert.deepEqual(batch.images.shape, [3, H, W, C]);
+      assert.deepEqual(batch.images!.shape, [3, H, W, C]);
       const expected = s.indices.flatMap((i) =>
         Array.from({ length: 16 }, (_, p) => Math.fround(((i * 16 + p) % 256) / 255))
       );
@@ -161,7 +162,7 @@ Deno.test({
       // Without a rescale in the config the branch inputs are the views themselves.
       assert.deepEqual(b.branches!.online, [b.views!.view1, b.views!.view2]);
       assert.deepEqual(b.branches!.target, [b.views!.view1, b.views!.view2]);
-      const direct = augmenter.views(b.images, 1, b.step);
+      const direct = augmenter.views(b.images!, 1, b.step);
       const [v1, v2, d1, d2] = await gpu.read([
         b.views!.view1,
         b.views!.view2,
@@ -193,7 +194,7 @@ Deno.test({
     const got: number[][] = [];
     for await (const batch of loader) {
       got.push(Array.from(batch.indices));
-      assert.deepEqual(batch.images.shape, [batch.indices.length, H, W, C]);
+      assert.deepEqual(batch.images!.shape, [batch.indices.length, H, W, C]);
       batch.release();
       if (batch.step === 2) break;
     }
@@ -232,7 +233,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "loader: a folder dataset decoded in workers, prefetched, augmented at 8x8x3",
+  name: "loader: a folder dataset's views are cut in workers, prefetched, finished at 8x8x3",
   ...gpuTest,
   fn: async () => {
     const gpu = await testGpu();
@@ -260,13 +261,28 @@ Deno.test({
         std: ds.std,
       }, 8);
       const loader = new BatchLoader(gpu, ds, { batchSize: 4, seed: 3, augmenter });
-      const direct = await ds.batch(loader.indicesOf(0));
+      // Step 0's views: the dataset's CPU crops of that step, finished on the GPU.
+      const direct = await ds.randomResizedCrops!(loader.indicesOf(0), {
+        seed: 3,
+        step: 0,
+        size: 8,
+        views: [cropViewSpec(augmenter.config.views[0]), cropViewSpec(augmenter.config.views[1])],
+      });
+      const expected = augmenter.viewsFromCrops(direct.views, 4, 3, 0);
       const b0 = await loader.next();
       const b1 = await loader.next();
-      const [images0] = await gpu.read([b0.images]);
-      assert.deepEqual(Array.from(images0), Array.from(direct.pixels, (p) => Math.fround(p / 255)));
+      assert.equal(b0.images, undefined);
+      const [v1, v2, e1, e2] = await gpu.read([
+        b0.views!.view1,
+        b0.views!.view2,
+        expected.view1,
+        expected.view2,
+      ]);
+      assert.deepEqual([v1, v2], [e1, e2]);
       assert.deepEqual(Array.from(b0.labels), Array.from(direct.labels));
       assert.deepEqual(b1.views!.view2.shape, [4, 8, 8, 3]);
+      expected.view1.release();
+      expected.view2.release();
       // With the released rescale (scaled to 8 px: online 3-8, target 5-8) the branches carry
       // the sampled sizes.
       const rescaling = new Augmenter(
@@ -290,5 +306,55 @@ Deno.test({
       ds.close?.();
       await Deno.remove(root, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name:
+    "loader: CPU-cut views allocate what augmentTensors plans; batch 196 at 224 px fits 128 MiB",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const [n, size, channels] = [3, 16, 3];
+    const augmenter = new Augmenter(gpu, smallDataViews(size), {
+      height: size,
+      width: size,
+      channels,
+      mean: [0.5, 0.5, 0.5],
+      std: [0.25, 0.25, 0.25],
+    }, size);
+    const rng = new Rng(2);
+    const crop = () =>
+      Uint8Array.from({ length: n * size * size * channels }, () => rng.next() * 256);
+    // Record every tensor the two views allocate.
+    const allocated: number[] = [];
+    const empty = gpu.empty.bind(gpu);
+    gpu.empty = (shape, dtype, label) => {
+      allocated.push(shape.reduce((a, b) => a * b, 1) * 4);
+      return empty(shape, dtype, label);
+    };
+    let views;
+    try {
+      views = augmenter.viewsFromCrops([crop(), crop()], n, 1, 0);
+    } finally {
+      gpu.empty = empty;
+    }
+    const perView = augmentTensors(n, size, channels, "crops").map((t) => t.bytes);
+    assert.deepEqual(
+      allocated.sort((a, b) => a - b),
+      [...perView, ...perView].sort((a, b) => a - b),
+    );
+    views.view1.release();
+    views.view2.release();
+    // The ImageNet preset's micro-batch: 196 crops of 224 px, one view at a time; lavapipe binds
+    // at most 128 MiB per storage buffer.
+    const limit = 128 * 2 ** 20;
+    const plan = augmentTensors(196, 224, 3, "crops");
+    assert.ok(plan[0].bytes <= limit, `largest: ${plan[0].label} ${plan[0].bytes} bytes`);
+    assert.equal(plan[0].bytes, 196 * 224 * 224 * 3 * 4);
+    // Cropping on the GPU from images stored at 256 px would not fit (why the crops are cut on
+    // the CPU): the f32 batch and the row pass exceed one binding.
+    const onGpu = augmentTensors(196, 224, 3, { height: 256, width: 256 });
+    assert.ok(onGpu[0].bytes > limit && onGpu[1].bytes > limit, JSON.stringify(onGpu.slice(0, 2)));
   },
 });
