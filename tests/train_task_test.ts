@@ -183,21 +183,63 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
     ],
     /largest batch that fits is \d+: use --batch \d+ --accum \d+/,
   ],
-  ["a resume directory without a run", ["--resume", "/nonexistent/run"], /no config.json there/],
+  ["a negative step count", ["--steps", "-5"], /--steps must be a non-negative integer, got "-5"/],
+  ["a zero --stop-after", ["--stop-after", "0"], /--stop-after must be a positive integer/],
+  ["an unknown flag", ["--learning-rate", "1"], /Unknown option '--learning-rate'.*see --help/],
 ];
 
 for (const [what, args, message] of BAD_INPUTS) {
   Deno.test({
-    name: `train task: ${what} gives one clear message and a non-zero exit`,
+    name: `train task: ${what} gives one clear message, exit 2 and writes nothing`,
     ...TEST,
     fn: async () => {
-      const r = await train(args);
-      assert.notEqual(r.code, 0);
+      const out = `${await Deno.makeTempDir()}/run`;
+      const r = await train(args.includes("--resume") ? args : [...args, "--out", out]);
+      assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, message);
       assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+      assert.equal(await exists(out), false, "nothing written before the input was checked");
     },
   });
 }
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test({
+  name: "train task: an earlier run is safe: a non-empty --out is refused, --resume refuses " +
+    "flags it would ignore, --overwrite replaces",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const earlier = { "config.json": '{"earlier": true}\n', "metrics.jsonl": '{"step":1}\n' };
+    for (const [name, text] of Object.entries(earlier)) {
+      await Deno.writeTextFile(`${dir}/${name}`, text);
+    }
+    const refused = await train([...TINY, "--steps", "1", "--out", dir]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /--out .* is not empty \(config.json, metrics.jsonl\): continue that run with --resume .*, replace it with --overwrite, or choose another --out/,
+    );
+    const ignored = await train(["--resume", dir, "--lr", "1", "--batch", "8"]);
+    assert.equal(ignored.code, 2, ignored.stderr);
+    assert.match(
+      ignored.stderr,
+      /--lr, --batch would not apply; with --resume only --steps, --epochs/,
+    );
+    for (const [name, text] of Object.entries(earlier)) {
+      assert.equal(await Deno.readTextFile(`${dir}/${name}`), text, `${name} intact`);
+    }
+    const replaced = await train([...TINY, "--steps", "1", "--out", dir, "--overwrite"]);
+    assert.equal(replaced.code, 0, replaced.stderr);
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+    assert.equal(config.steps, 1);
+    assert.equal((await metrics(dir)).filter((m) => m.loss !== undefined).length, 1);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
 
 Deno.test({
   name: "train task: resnet50-imagenet preset runs 2 steps at batch 2 on a tiny image folder",
