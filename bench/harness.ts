@@ -4,6 +4,31 @@
  * `run(ctx: BenchContext): Promise<BenchRow[]>`; `tasks/bench.ts` runs them.
  */
 import type { Gpu } from "../runtime/gpu.ts";
+import type { Arch } from "../models/resnet.ts";
+import type { LarsConfig } from "../models/ssl.ts";
+import type { LossConfig } from "../models/loss.ts";
+
+/**
+ * The training preset a part runs (the SSL step): its model, batch and optimiser settings. The
+ * caller (`tasks/bench.ts`) passes one of its presets, so bench/ never imports tasks/.
+ */
+export interface BenchPreset extends LarsConfig {
+  /** The preset's name, for row labels. */
+  preset: string;
+  arch: Arch;
+  widths: [number, number, number, number];
+  smallImage: boolean;
+  imageSize: number;
+  batch: number;
+  accum: number;
+  lr: number;
+  emaBase: number;
+  projectorHidden: number;
+  projectorOut: number;
+  predictorHidden: number;
+  loss: LossConfig;
+  seed: number;
+}
 
 /** What every benchmark part receives. */
 export interface BenchContext {
@@ -14,6 +39,8 @@ export interface BenchContext {
   withTfjs: boolean;
   /** Extra flags after the part name, e.g. `--profile`. */
   flags: Record<string, string | boolean>;
+  /** The preset whose SSL step the step part times (absent: that row is skipped). */
+  preset?: BenchPreset;
 }
 
 /** One measured quantity for one implementation. */

@@ -3,7 +3,7 @@
  * written to the run's config.json; each preset lists how it departs from METHOD.md and why.
  */
 import type { Arch } from "../models/resnet.ts";
-import type { LossConfig } from "../kernels/ssl_loss.ts";
+import type { LossConfig } from "../models/loss.ts";
 
 /** Datasets the tasks can load. */
 export type DatasetName = "fashion-mnist" | "mnist" | "cifar10" | "cifar100" | "folder";
