@@ -4,31 +4,28 @@
  * `run(ctx: BenchContext): Promise<BenchRow[]>`; `tasks/bench.ts` runs them.
  */
 import type { Gpu } from "../runtime/gpu.ts";
-import type { Arch } from "../models/resnet.ts";
-import type { LarsConfig } from "../models/ssl.ts";
-import type { LossConfig } from "../models/loss.ts";
+import type { ResNetConfig } from "../models/resnet.ts";
+import type { LarsConfig, SslModelConfig } from "../models/ssl.ts";
 
 /**
- * The training preset a part runs (the SSL step): its model, batch and optimiser settings. The
- * caller (`tasks/bench.ts`) passes one of its presets, so bench/ never imports tasks/.
+ * The training preset a part runs (the SSL step): its model, batch and optimiser settings, in the
+ * field names of `tasks/presets.ts`. The caller (`tasks/bench.ts`) passes one of its presets, so
+ * bench/ never imports tasks/.
  */
-export interface BenchPreset extends LarsConfig {
-  /** The preset's name, for row labels. */
-  preset: string;
-  arch: Arch;
-  widths: [number, number, number, number];
-  smallImage: boolean;
-  imageSize: number;
-  batch: number;
-  accum: number;
-  lr: number;
-  emaBase: number;
-  projectorHidden: number;
-  projectorOut: number;
-  predictorHidden: number;
-  loss: LossConfig;
-  seed: number;
-}
+export type BenchPreset =
+  & Pick<ResNetConfig, "arch" | "widths" | "smallImage">
+  & Pick<SslModelConfig, "projectorHidden" | "projectorOut" | "predictorHidden" | "loss">
+  & LarsConfig
+  & {
+    /** The preset's name, for row labels. */
+    preset: string;
+    imageSize: number;
+    batch: number;
+    accum: number;
+    lr: number;
+    emaBase: number;
+    seed: number;
+  };
 
 /** What every benchmark part receives. */
 export interface BenchContext {

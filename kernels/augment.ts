@@ -4,7 +4,8 @@
  * rescale. Images are NHWC f32; `params` holds one {@link AUGMENT_PARAM_STRIDE}-float record per
  * sample (built by data/augment_params.ts).
  */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const AUGMENT = kernelFile("augment", ["src", "params", "dst", "packed"]);
 

@@ -9,10 +9,10 @@ import {
   type Gpu,
   grid1d,
   type Kernel,
-  kernelFile,
   packUniforms,
   type Tensor,
 } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 /** The matrix a BatchNorm sees, and its hyper-parameters (PyTorch defaults). */
 export interface BatchNormShape {

@@ -1,12 +1,6 @@
 /** BYOL's loss (2 - 2 cos) on unit vectors, forward and backward. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const BYOL = kernelFile("byol", ["pHat", "zHat", "rowLoss", "dpHat"]);
 

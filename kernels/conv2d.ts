@@ -8,10 +8,10 @@ import {
   ceilDiv,
   type Gpu,
   grid1d,
-  kernelFile,
   OPERAND_TEXTURE_WIDTH,
   type Tensor,
 } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 import {
   convBiasGradSlices,
   convTile,

@@ -1,5 +1,6 @@
 /** Elementwise ops (fill, copy, add, scale, axpy, axpby, ReLU forward/backward). */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const ELEMENTWISE = kernelFile("elementwise", ["a", "b", "out"]);
 

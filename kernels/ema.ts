@@ -1,12 +1,6 @@
 /** The target network's exponential moving average update and its momentum schedule. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const EMA = kernelFile("ema", ["online", "target"]);
 

@@ -1,12 +1,6 @@
 /** InfoNCE / NT-Xent (SimCLR form) on the [2n, 2n] similarity of both views' unit embeddings. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const INFONCE = kernelFile("infonce", ["similarity", "rowLoss", "logSumExp", "grad"]);
 

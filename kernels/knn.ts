@@ -1,5 +1,6 @@
 /** Weighted kNN class scores from a similarity matrix (the SSL kNN monitor). */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const KNN = kernelFile("knn", ["sim", "bankLabels", "scores"]);
 

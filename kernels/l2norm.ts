@@ -1,5 +1,6 @@
 /** Row-wise L2 normalisation (forward and backward) of [rows, cols] matrices. */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 /** Forward: a = x, out = y; backward: a = y, b = dy, out = dx. */
 const L2NORM = kernelFile("l2norm", ["a", "b", "norms", "out"]);

@@ -1,11 +1,6 @@
 /** Matrix multiply C = op(A)·op(B) (+ bias) (+= C), plain or batched; the GEMM behind Linear. */
-import {
-  type Gpu,
-  kernelFile,
-  OPERAND_TEXTURE_WIDTH,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { type Gpu, OPERAND_TEXTURE_WIDTH, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 import { matmulPlan, operandSource } from "./plan.ts";
 
 /** `main` reads a, b (or their textures) and bias, writes c; `copy_padded` copies source to target. */

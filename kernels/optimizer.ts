@@ -1,5 +1,6 @@
 /** In-place optimizer updates: LARS (METHOD.md) and SGD with momentum (linear probe). */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 import { reduceAll } from "./reduce.ts";
 
 const OPTIMIZER = kernelFile("optimizer", ["grad", "norms", "weight", "velocity"]);

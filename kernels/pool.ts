@@ -2,14 +2,8 @@
  * Pooling on NHWC activations: max pool (3x3, stride 2, padding 1 by default: the ResNet stem)
  * with a saved argmax and a gather backward, and global average pooling [N, H, W, C] -> [N, C].
  */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const POOL = kernelFile("pool", ["input", "argmax", "output"]);
 

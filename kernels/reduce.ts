@@ -1,5 +1,6 @@
 /** Deterministic reductions: per-row and whole-tensor sum, sum of squares, L2 norm. */
-import { ceilDiv, type Gpu, kernelFile, type Tensor } from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const REDUCE = kernelFile("reduce", ["x", "out"]);
 

@@ -1,12 +1,6 @@
 /** The residual join of a ResNet block: out = relu(a + b), and its backward. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const RESIDUAL = kernelFile("residual", ["a", "b", "out"]);
 

@@ -1,5 +1,6 @@
 /** Softmax cross-entropy loss and its gradient (linear probe training). */
-import { type Gpu, grid1d, kernelFile, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const SOFTMAX_XENT = kernelFile("softmax_xent", ["logits", "labels", "loss", "dlogits"]);
 

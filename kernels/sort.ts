@@ -1,12 +1,6 @@
 /** Stable per-row bitonic sort (ascending keys, carrying column indices) of any row length. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const SORT = kernelFile("sort", [
   "x",

@@ -1,12 +1,6 @@
 /** The truncated triplet loss (METHOD.md) on a similarity matrix and its sorted negatives. */
-import {
-  ceilDiv,
-  type Gpu,
-  grid1d,
-  kernelFile,
-  packUniforms,
-  type Tensor,
-} from "../runtime/gpu.ts";
+import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 const TRIPLET = kernelFile("triplet", [
   "similarity",
