@@ -14,6 +14,7 @@ import {
 import { kernelFile } from "../runtime/shader.ts";
 import {
   convBiasGradSlices,
+  convInputGradPhases,
   convTile,
   convWeightGradPlan,
   DEFAULT_TILE,
@@ -99,48 +100,37 @@ export function conv2dInputGrad(
   expectShape("conv2dInputGrad", "dy", dy, g.outShape);
   expectShape("conv2dInputGrad", "weight", weight, g.weightShape);
   expectShape("conv2dInputGrad", "dx", dx, g.inShape);
-  // Kernel taps reaching input rows of a phase: kh = first, first + stride, ... < kernelSize.
-  const taps = (phase: number) => {
-    const first = (phase + s.padding) % s.stride;
-    return first >= s.kernelSize ? 0 : ceilDiv(s.kernelSize - first, s.stride);
-  };
-  const phases = Array.from({ length: s.stride }, (_, p) => p);
+  const { phases, zeroFill } = convInputGradPhases(s);
   const operands = gemmOperands(gpu, dy, weight);
-  if (phases.some((p) => taps(p) === 0)) {
+  if (zeroFill) {
     // Kernel smaller than the stride (1x1 stride 2): some pixels get no gradient. Zero all of dx
     // (a fill, far cheaper than running GEMMs with K = 0); the other phases overwrite theirs.
     gpu.currentEncoder().clearBuffer(dx.buffer, dx.byteOffset, dx.byteLength);
   }
-  for (const phaseH of phases) {
-    for (const phaseW of phases) {
-      const rows = ceilDiv(s.inHeight - phaseH, s.stride);
-      const cols = ceilDiv(s.inWidth - phaseW, s.stride);
-      if (rows <= 0 || cols <= 0 || taps(phaseH) * taps(phaseW) === 0) continue;
-      const m = s.batch * rows * cols;
-      const tile = convTile(planDevice(gpu), m, s.inChannels, false);
-      const kernel = gpu.kernel(CONV2D, {
-        substitute: tile.substitute,
-        constants: {
-          ...g.constants,
-          ...operands.constants,
-          PASS: PASS_INPUT_GRAD,
-          PHASE_H: phaseH,
-          PHASE_W: phaseW,
-          STAGED: tile.staged,
-        },
-      });
-      gpu.dispatch(kernel, {
-        // The bias binding is unused by this pass but in the layout: bind weight.
-        storage: {
-          inA: bindable(dy),
-          inB: bindable(weight),
-          bias: bindable(weight),
-          out: bindable(dx),
-          ...operands.textures,
-        },
-        workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.inChannels, tile.tileN), 1],
-      });
-    }
+  for (const { phaseH, phaseW, m } of phases) {
+    const tile = convTile(planDevice(gpu), m, s.inChannels, false);
+    const kernel = gpu.kernel(CONV2D, {
+      substitute: tile.substitute,
+      constants: {
+        ...g.constants,
+        ...operands.constants,
+        PASS: PASS_INPUT_GRAD,
+        PHASE_H: phaseH,
+        PHASE_W: phaseW,
+        STAGED: tile.staged,
+      },
+    });
+    gpu.dispatch(kernel, {
+      // The bias binding is unused by this pass but in the layout: bind weight.
+      storage: {
+        inA: bindable(dy),
+        inB: bindable(weight),
+        bias: bindable(weight),
+        out: bindable(dx),
+        ...operands.textures,
+      },
+      workgroups: [ceilDiv(m, tile.tileM), ceilDiv(s.inChannels, tile.tileN), 1],
+    });
   }
   operands.release();
 }

@@ -5,6 +5,7 @@
  * are testable without a device (tests/kernel_plan_test.ts).
  */
 import { ceilDiv, type Gpu, type KernelSettings, type OperandSource } from "../runtime/gpu.ts";
+import type { Conv2dShape } from "./conv2d.ts";
 
 /** What a plan needs to know about the device. */
 export interface PlanDevice {
@@ -202,6 +203,41 @@ export function convWeightGradPlan(
   // Whole workgroups of lane slices: the last ones may start past the pixels and write zeros.
   if (laneSlices) slices = ceilDiv(slices, lanesPerSliceGroup) * lanesPerSliceGroup;
   return { tile, slices, sliceLen, laneSlices, lanesPerSliceGroup };
+}
+
+/** One stride phase of the input gradient: its GEMM has M = batch x rows x cols output pixels. */
+export interface InputGradPhase {
+  phaseH: number;
+  phaseW: number;
+  rows: number;
+  cols: number;
+  m: number;
+}
+
+/**
+ * The input gradient's GEMMs: one per stride phase (input row and column mod stride) that some
+ * kernel tap reaches (taps kh = first, first + stride, ... < kernelSize with first = (phase +
+ * padding) mod stride). When some phase has no taps (a kernel smaller than the stride, 1x1
+ * stride 2), `zeroFill`: dx is cleared first, since those pixels get no GEMM.
+ */
+export function convInputGradPhases(
+  s: Pick<Conv2dShape, "batch" | "inHeight" | "inWidth" | "kernelSize" | "stride" | "padding">,
+): { phases: InputGradPhase[]; zeroFill: boolean } {
+  const taps = (phase: number) => {
+    const first = (phase + s.padding) % s.stride;
+    return first >= s.kernelSize ? 0 : ceilDiv(s.kernelSize - first, s.stride);
+  };
+  const strides = Array.from({ length: s.stride }, (_, p) => p);
+  const phases: InputGradPhase[] = [];
+  for (const phaseH of strides) {
+    for (const phaseW of strides) {
+      const rows = ceilDiv(s.inHeight - phaseH, s.stride);
+      const cols = ceilDiv(s.inWidth - phaseW, s.stride);
+      if (rows <= 0 || cols <= 0 || taps(phaseH) * taps(phaseW) === 0) continue;
+      phases.push({ phaseH, phaseW, rows, cols, m: s.batch * rows * cols });
+    }
+  }
+  return { phases, zeroFill: strides.some((p) => taps(p) === 0) };
 }
 
 /**

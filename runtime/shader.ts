@@ -74,7 +74,7 @@ export class PipelineCache {
     }`;
     const cached = this.pipelines.get(key);
     if (cached) {
-      if (cached.bindings !== source.bindings) {
+      if (cached.bindings !== source.bindings && !sameBindings(cached.bindings, source.bindings)) {
         throw new Error(`kernels/${file}.wgsl is declared twice with different binding tables`);
       }
       return cached as Kernel<Name>;
@@ -99,6 +99,10 @@ export class PipelineCache {
     this.pipelines.set(key, kernel);
     return kernel;
   }
+}
+
+function sameBindings(a: readonly (string | null)[], b: readonly (string | null)[]): boolean {
+  return a.length === b.length && a.every((name, i) => name === b[i]);
 }
 
 const sourceCache = new Map<string, string>();

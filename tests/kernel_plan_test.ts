@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import {
   convBiasGradSlices,
+  convInputGradPhases,
   convStaged,
   convTile,
   convWeightGradPlan,
@@ -124,4 +125,27 @@ Deno.test("plan: bias-gradient slices of about 64 rows, at most 256", () => {
   assert.deepEqual(convBiasGradSlices(50176), { slices: 256, sliceLen: 196 });
   assert.deepEqual(convBiasGradSlices(640), { slices: 10, sliceLen: 64 });
   assert.deepEqual(convBiasGradSlices(100), { slices: 1, sliceLen: 100 });
+});
+
+Deno.test("plan: input-gradient stride phases, zero fill only for a kernel smaller than the stride", () => {
+  const phasesOf = (kernelSize: number, stride: number, padding: number, size: number) => {
+    const plan = convInputGradPhases({
+      batch: 2,
+      inHeight: size,
+      inWidth: size,
+      kernelSize,
+      stride,
+      padding,
+    });
+    return { ...plan, phases: plan.phases.map((p) => [p.phaseH, p.phaseW, p.rows, p.cols, p.m]) };
+  };
+  // 1x1 stride 2 on 7x7: only even rows and columns are reached (4 x 4 of them); the rest zero.
+  assert.deepEqual(phasesOf(1, 2, 0, 7), { phases: [[0, 0, 4, 4, 32]], zeroFill: true });
+  // 3x3 stride 2 pad 1 on 7x7 (odd input): all four phases have taps; 4 even, 3 odd rows.
+  assert.deepEqual(phasesOf(3, 2, 1, 7), {
+    phases: [[0, 0, 4, 4, 32], [0, 1, 4, 3, 24], [1, 0, 3, 4, 24], [1, 1, 3, 3, 18]],
+    zeroFill: false,
+  });
+  // Stride 1: one phase covering the whole input.
+  assert.deepEqual(phasesOf(3, 1, 1, 5), { phases: [[0, 0, 5, 5, 50]], zeroFill: false });
 });
