@@ -1,13 +1,14 @@
 /**
  * The WebGPU device: adapter and limits, error scopes, batched command encoding, dispatch (with
- * named bindings and dispatch observers), batched readback and operand textures. Knows nothing
- * about neural networks.
+ * named bindings and dispatch observers), batched readback, and the entry points to tensors and
+ * operand textures. Knows nothing about neural networks.
  *
  * Grids larger than 65535 workgroups fold into x and y (`grid1d`); a kernel recovers the linear
  * workgroup index as `wid.y * nwg.x + wid.x` and must bounds-check it.
  */
 import { type Kernel, type KernelFile, type KernelOptions, PipelineCache } from "./shader.ts";
 import { BufferPool, type DType, shapeSize, Tensor } from "./tensor.ts";
+import { type OperandTexture, TexturePool } from "./texture.ts";
 
 /** Options for {@link acquireGpu}. */
 export interface AcquireOptions {
@@ -107,19 +108,6 @@ const LIMIT_NAMES = [
 /** Anything that can be bound as a storage buffer. */
 export type Bindable = Tensor | GPUBuffer;
 
-/**
- * Texels per row of an operand texture (see {@link Gpu.operandTexture}): vec4 number i of a tensor
- * sits at texel (i % OPERAND_TEXTURE_WIDTH, i / OPERAND_TEXTURE_WIDTH). A power of two, so kernels
- * address it with a mask and a shift; rows of 64 KiB satisfy copyBufferToTexture's 256-byte rule.
- */
-export const OPERAND_TEXTURE_WIDTH = 4096;
-
-/** A tensor's contents in a pooled texture; `release` returns the texture to the pool. */
-export interface OperandTexture {
-  view: GPUTextureView;
-  release(): void;
-}
-
 /** What a named binding may hold: a tensor, a whole buffer, or a texture view. */
 export type BindingResource = Bindable | GPUTextureView;
 
@@ -197,8 +185,7 @@ export class Gpu {
 
   private pipelines: PipelineCache;
   private observers: DispatchObserver[] = [];
-  private freeTextures = new Map<string, GPUTexture[]>();
-  private placeholderView: GPUTextureView | undefined;
+  private textures: TexturePool;
   private encoder: GPUCommandEncoder | undefined;
   private encodedSinceFlush = 0;
   private toDestroyAfterSubmit: GPUBuffer[] = [];
@@ -220,6 +207,7 @@ export class Gpu {
     this.limits = device.limits;
     this.hasTimestamps = device.features.has("timestamp-query");
     this.pool = new BufferPool(device);
+    this.textures = new TexturePool(device);
     this.settings = { ...(opts.settings ?? DEFAULT_KERNEL_SETTINGS) };
     this.pipelines = new PipelineCache(device, (what, compile) => {
       if (this.validate) this.device.pushErrorScope("validation");
@@ -475,76 +463,20 @@ export class Gpu {
 
   /** Whether {@link operandTexture} can take `t`: f32, 16-byte aligned, within the size limit. */
   fitsOperandTexture(t: Tensor): boolean {
-    const texels = Math.max(1, Math.ceil(t.size / 4));
-    const maxRows = this.limits.maxTextureDimension2D;
-    return t.dtype === "f32" && t.byteOffset % 16 === 0 &&
-      t.byteOffset + texels * 16 <= t.buffer.size &&
-      OPERAND_TEXTURE_WIDTH <= maxRows && texels <= OPERAND_TEXTURE_WIDTH * maxRows;
+    return this.textures.fits(t);
   }
 
   /**
-   * Copy a f32 tensor into a pooled `rgba32float` texture (STORAGE_BINDING), laid out as its vec4
-   * in order, {@link OPERAND_TEXTURE_WIDTH} per row; texels past the end are unspecified. On CPU
-   * adapters (lavapipe) a kernel's per-lane texture loads cost about a third of storage-buffer
-   * loads. The copy is ordered after work already encoded; release once the reading dispatch is
-   * encoded (like tensors, later work sees the texture reused, earlier work its contents).
+   * Copy a f32 tensor into a pooled `rgba32float` texture, ordered after work already encoded
+   * (see {@link TexturePool.acquire}); release once the reading dispatch is encoded.
    */
   operandTexture(t: Tensor): OperandTexture {
-    if (!this.fitsOperandTexture(t)) {
-      throw new Error(
-        `operandTexture: tensor [${t.shape}] (${t.dtype}, byte offset ${t.byteOffset}) does not ` +
-          "fit an rgba32float texture (see fitsOperandTexture)",
-      );
-    }
-    const texels = Math.max(1, Math.ceil(t.size / 4));
-    const width = OPERAND_TEXTURE_WIDTH;
-    const height = Math.ceil(texels / width);
-    const key = `${width}x${height}`;
-    const texture = this.freeTextures.get(key)?.pop() ?? this.device.createTexture({
-      label: `operand-texture-${key}`,
-      size: [width, height],
-      format: "rgba32float",
-      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
-    });
-    const encoder = this.currentEncoder();
-    const fullRows = Math.floor(texels / width);
-    const rest = texels % width;
-    if (fullRows > 0) {
-      encoder.copyBufferToTexture(
-        { buffer: t.buffer, offset: t.byteOffset, bytesPerRow: width * 16, rowsPerImage: fullRows },
-        { texture },
-        [width, fullRows],
-      );
-    }
-    if (rest > 0) {
-      encoder.copyBufferToTexture(
-        { buffer: t.buffer, offset: t.byteOffset + fullRows * width * 16, bytesPerRow: width * 16 },
-        { texture, origin: [0, fullRows] },
-        [rest, 1],
-      );
-    }
-    let released = false;
-    return {
-      view: texture.createView(),
-      release: () => {
-        if (released) return;
-        released = true;
-        const list = this.freeTextures.get(key) ?? [];
-        list.push(texture);
-        this.freeTextures.set(key, list);
-      },
-    };
+    return this.textures.acquire(this.currentEncoder(), t);
   }
 
   /** A 1x1 `rgba32float` storage texture to bind where a kernel's texture operand is unused. */
   placeholderTexture(): GPUTextureView {
-    this.placeholderView ??= this.device.createTexture({
-      label: "placeholder-texture",
-      size: [1, 1],
-      format: "rgba32float",
-      usage: GPUTextureUsage.STORAGE_BINDING,
-    }).createView();
-    return this.placeholderView;
+    return this.textures.placeholder();
   }
 
   /** Destroy the device (tests and tools that exit). */

@@ -1,8 +1,8 @@
 /**
  * The WebGPU runtime in one import: the device (adapter, limits, error scopes, dispatch,
- * readback; `device.ts`), tensors and the buffer pool (`tensor.ts`), and kernel sources,
- * specialisation, named bindings and the pipeline cache (`shader.ts`). Knows nothing about
- * neural networks.
+ * readback; `device.ts`), tensors and the buffer pool (`tensor.ts`), operand textures
+ * (`texture.ts`), and kernel sources, specialisation, named bindings and the pipeline cache
+ * (`shader.ts`). Knows nothing about neural networks.
  */
 export {
   acquireGpu,
@@ -18,13 +18,12 @@ export {
   Gpu,
   grid1d,
   type KernelSettings,
-  OPERAND_TEXTURE_WIDTH,
   type OperandSource,
-  type OperandTexture,
   packUniforms,
   type TileStaging,
 } from "./device.ts";
 export { BufferPool, type DType, shapeSize, Tensor } from "./tensor.ts";
+export { OPERAND_TEXTURE_WIDTH, type OperandTexture, TexturePool } from "./texture.ts";
 export {
   type Kernel,
   type KernelFile,
