@@ -28,18 +28,25 @@ export {
   BufferPool,
   ceilDiv,
   createGpu,
+  DEFAULT_KERNEL_SETTINGS,
   type DispatchArgs,
+  type DispatchObserver,
   type DType,
   Gpu,
   grid1d,
   type Kernel,
+  type KernelFile,
+  kernelFile,
   type KernelOptions,
+  type KernelSettings,
   loadKernelSource,
   packUniforms,
   shapeSize,
   specialise,
   Tensor,
 } from "./runtime/gpu.ts";
+/** Per-kernel GPU times of the work between `start` and `stop` (timestamps or sync replay). */
+export { KernelProfiler, type ProfileReport } from "./runtime/profiler.ts";
 /** Seeded pseudo-random numbers (initialisation, tests). */
 export { Rng } from "./runtime/random.ts";
 
@@ -91,15 +98,8 @@ export { addRelu, addReluBackward } from "./kernels/residual.ts";
 export { l2normBackward, l2normForward } from "./kernels/l2norm.ts";
 /** Stable per-row bitonic sort carrying indices (ranks each row's negatives). */
 export { maxSortTile, type SortOptions, sortRows } from "./kernels/sort.ts";
-/** The SSL objectives: truncated triplet (smoothed rank-k, rank-k, median, hardest), BYOL, InfoNCE. */
-export {
-  cosineSimilarity,
-  deputyWindow,
-  LOSS_DEFAULTS,
-  type LossConfig,
-  type LossKind,
-  SslLoss,
-} from "./kernels/ssl_loss.ts";
+/** S = P_hat Z_hat^T: cosines between unit rows (the GEMM behind the SSL losses). */
+export { cosineSimilarity } from "./kernels/matmul.ts";
 /** EMA of the target network and METHOD.md's cosine momentum schedule. */
 export { emaUpdate } from "./kernels/ema.ts";
 /** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
@@ -135,6 +135,15 @@ export {
 } from "./models/resnet.ts";
 /** Projector / predictor MLPs. */
 export { Mlp, type MlpConfig } from "./models/heads.ts";
+/** The SSL objectives: truncated triplet (smoothed rank-k, rank-k, median, hardest), BYOL, InfoNCE. */
+export {
+  deputyWindow,
+  LOSS_DEFAULTS,
+  LOSS_KINDS,
+  type LossConfig,
+  type LossKind,
+  SslLoss,
+} from "./models/loss.ts";
 /** The online/target pair and its training step (loss, backward, LARS, EMA). */
 export {
   Branch,

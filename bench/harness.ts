@@ -4,6 +4,28 @@
  * `run(ctx: BenchContext): Promise<BenchRow[]>`; `tasks/bench.ts` runs them.
  */
 import type { Gpu } from "../runtime/gpu.ts";
+import type { ResNetConfig } from "../models/resnet.ts";
+import type { LarsConfig, SslModelConfig } from "../models/ssl.ts";
+
+/**
+ * The training preset a part runs (the SSL step): its model, batch and optimiser settings, in the
+ * field names of `tasks/presets.ts`. The caller (`tasks/bench.ts`) passes one of its presets, so
+ * bench/ never imports tasks/.
+ */
+export type BenchPreset =
+  & Pick<ResNetConfig, "arch" | "widths" | "smallImage">
+  & Pick<SslModelConfig, "projectorHidden" | "projectorOut" | "predictorHidden" | "loss">
+  & LarsConfig
+  & {
+    /** The preset's name, for row labels. */
+    preset: string;
+    imageSize: number;
+    batch: number;
+    accum: number;
+    lr: number;
+    emaBase: number;
+    seed: number;
+  };
 
 /** What every benchmark part receives. */
 export interface BenchContext {
@@ -14,6 +36,8 @@ export interface BenchContext {
   withTfjs: boolean;
   /** Extra flags after the part name, e.g. `--profile`. */
   flags: Record<string, string | boolean>;
+  /** The preset whose SSL step the step part times (absent: that row is skipped). */
+  preset?: BenchPreset;
 }
 
 /** One measured quantity for one implementation. */

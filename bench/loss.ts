@@ -8,7 +8,8 @@
  */
 import { acquireGpu, type Gpu } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
-import { cosineSimilarity, SslLoss } from "../kernels/ssl_loss.ts";
+import { cosineSimilarity } from "../kernels/matmul.ts";
+import { SslLoss } from "../models/loss.ts";
 import { l2normForward } from "../kernels/l2norm.ts";
 import { sortRows } from "../kernels/sort.ts";
 import {

@@ -6,11 +6,11 @@
  *   backward, update and the loss read back. Ours (models/ layers), the same model and step in
  *   tfjs-backend-webgpu on the same adapter, and PyTorch on the CPU
  *   (`bench/torch_reference_step.py`, when `/usr/bin/python3` imports torch).
- * - The SSL step of the default preset (`PRESETS.small`): `SslModel.step` on two views of a
- *   batch (random normal tensors of the views' shape; augmentation is timed by the data part).
- *   No peer.
- * - `--profile`: the per-kernel time breakdown of one reference step (bench/profile.ts), returned
- *   as an extra row carrying the profile; `tasks/bench.ts` prints its table.
+ * - The SSL step of the preset the caller passes in its context (`tasks/bench.ts`: the default
+ *   preset): `SslModel.step` on two views of a batch (random normal tensors of the views' shape;
+ *   augmentation is timed by the data part). No peer; skipped when the context has no preset.
+ * - `--profile`: the per-kernel time breakdown of one reference step (runtime/profiler.ts),
+ *   returned as an extra row carrying the profile; `tasks/bench.ts` prints its table.
  * Standalone: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/step.ts [--quick] [--no-tfjs]
  * [--profile[=timestamps|sync-replay]]`.
  */
@@ -23,16 +23,16 @@ import { sgdStep } from "../kernels/optimizer.ts";
 import { Context, Linear, type Parameter, zeroGrads } from "../models/layers.ts";
 import { ResNet } from "../models/resnet.ts";
 import { SslModel, type SslModelConfig } from "../models/ssl.ts";
-import { PRESETS } from "../tasks/presets.ts";
-import { type BenchContext, type BenchRow, formatTable, withRatio } from "./harness.ts";
-import { loadTfjs, type Tfjs } from "./tfjs.ts";
+import { KernelProfiler, type ProfileMode } from "../runtime/profiler.ts";
 import {
-  formatProfile,
-  hasProfile,
-  KernelProfiler,
-  type ProfiledRow,
-  type ProfileMode,
-} from "./profile.ts";
+  type BenchContext,
+  type BenchPreset,
+  type BenchRow,
+  formatTable,
+  withRatio,
+} from "./harness.ts";
+import { loadTfjs, type Tfjs } from "./tfjs.ts";
+import { formatProfile, hasProfile, type ProfiledRow } from "./profile.ts";
 
 /** The reference step's definition (the same numbers as bench/torch_reference_step.py). */
 export const REFERENCE = {
@@ -290,9 +290,11 @@ async function runTorchReference(steps: number): Promise<TorchOutcome> {
   }
 }
 
-/** The default preset's model, its SSL step over random views, and the images per step. */
-function sslPresetStep(gpu: Gpu): { step: () => Promise<number>; images: number; label: string } {
-  const preset = PRESETS.small;
+/** A preset's model, its SSL step over random views, and the images per step. */
+function sslPresetStep(
+  gpu: Gpu,
+  preset: BenchPreset,
+): { step: () => Promise<number>; images: number; label: string } {
   const config: SslModelConfig = {
     backbone: {
       arch: preset.arch,
@@ -400,15 +402,17 @@ export async function run(ctx: BenchContext): Promise<BenchRow[]> {
   }
   rows.push(torchRow);
 
-  const ssl = sslPresetStep(gpu);
-  const sslMs = median(await stepTimes("SSL step", ssl.step, ctx.quick ? 1 : 3));
-  rows.push({
-    part: "step",
-    case: ssl.label,
-    ours: perStep(sslMs, ssl.images),
-    note: `no peer; images/s counts the ${ssl.images} images (two views each) of one optimizer ` +
-      "step; views are random tensors (augmentation is in the data part)",
-  });
+  if (ctx.preset) {
+    const ssl = sslPresetStep(gpu, ctx.preset);
+    const sslMs = median(await stepTimes("SSL step", ssl.step, ctx.quick ? 1 : 3));
+    rows.push({
+      part: "step",
+      case: ssl.label,
+      ours: perStep(sslMs, ssl.images),
+      note: `no peer; images/s counts the ${ssl.images} images (two views each) of one optimizer ` +
+        "step; views are random tensors (augmentation is in the data part)",
+    });
+  }
 
   if (ctx.flags.profile) {
     const mode = ctx.flags.profile === "sync-replay" || ctx.flags.profile === "timestamps"

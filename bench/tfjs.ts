@@ -6,7 +6,7 @@
 // Bare specifiers resolve through package.json (node_modules); `deno lint` rejects inline `npm:`.
 import * as tf from "@tensorflow/tfjs";
 // Importing the backend registers "webgpu" (only when `navigator.gpu` exists, as in Deno with
-// --unstable-webgpu). Its factory requests the adapter the same way `runtime/gpu.ts` does
+// --unstable-webgpu). Its factory requests the adapter the same way `runtime/device.ts` does
 // (powerPreference "high-performance"), so both sides run on the same adapter; each gets its own
 // GPUDevice, as two independent libraries would.
 import "@tensorflow/tfjs-backend-webgpu";
@@ -25,7 +25,7 @@ export function loadTfjs(): Promise<Tfjs> {
 
 async function initialise(): Promise<Tfjs> {
   try {
-    // The Vulkan loader warns without a runtime dir (runtime/gpu.ts does the same).
+    // The Vulkan loader warns without a runtime dir (runtime/device.ts does the same).
     if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
   } catch {
     // No env permission: the warning is harmless.

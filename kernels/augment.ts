@@ -5,6 +5,9 @@
  * sample (built by data/augment_params.ts).
  */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const AUGMENT = kernelFile("augment", ["src", "params", "dst", "packed"]);
 
 /** Floats per sample in the parameter buffer (layout documented in augment.wgsl). */
 export const AUGMENT_PARAM_STRIDE = 16;
@@ -82,9 +85,9 @@ export function unpackBytes(gpu: Gpu, packed: Tensor, count: number, out: Tensor
   if (out.dtype !== "f32" || out.size < count) {
     throw new Error(`unpackBytes: output [${out.shape}] holds fewer than ${count} f32 values`);
   }
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "unpack_bytes" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "unpack_bytes" }), {
     uniforms: dimsUniforms({ n: 0, inH: 0, inW: 0, channels: 1, outH: 0, outW: 0, count }),
-    storage: [null, null, out, packed],
+    storage: { dst: out, packed },
     workgroups: perPixelGrid(gpu, count),
   });
 }
@@ -110,14 +113,14 @@ export function cropResizeFlip(
   const dims = dimsUniforms({ n, inH, inW, channels, outH, outW, filter });
   // Rows pass output: every input row, out_w columns (rows outside a crop are never read).
   const wide = gpu.empty([n, inH, outW, channels], "f32", "augment.wide");
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "resample_rows" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "resample_rows" }), {
     uniforms: dims,
-    storage: [images, params, wide, null],
+    storage: { src: images, params, dst: wide },
     workgroups: perPixelGrid(gpu, n * inH * outW),
   });
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "resample_cols" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "resample_cols" }), {
     uniforms: dims,
-    storage: [wide, params, out, null],
+    storage: { src: wide, params, dst: out },
     workgroups: perPixelGrid(gpu, n * outH * outW),
   });
   wide.release();
@@ -131,9 +134,9 @@ export function cropResizeFlip(
 export function colourJitterGrayscale(gpu: Gpu, images: Tensor, params: Tensor): void {
   const [n, h, w, channels] = nhwc(images, "colourJitterGrayscale");
   checkParams(params, n, "colourJitterGrayscale");
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "colour" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "colour" }), {
     uniforms: dimsUniforms({ n, inH: h, inW: w, channels, outH: h, outW: w }),
-    storage: [null, params, images, null],
+    storage: { params, dst: images },
     workgroups: grid1d(n, gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }
@@ -185,14 +188,14 @@ export function blurSolarizeNormalize(
   });
   const blurred = gpu.empty(images.shape, "f32", "augment.blur");
   const grid = perPixelGrid(gpu, n * h * w);
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "blur_rows" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "blur_rows" }), {
     uniforms: dims,
-    storage: [images, params, blurred, null],
+    storage: { src: images, params, dst: blurred },
     workgroups: grid,
   });
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "blur_cols_finish" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "blur_cols_finish" }), {
     uniforms: dims,
-    storage: [blurred, params, out, null],
+    storage: { src: blurred, params, dst: out },
     workgroups: grid,
   });
   blurred.release();
@@ -208,9 +211,9 @@ export function rescaleBilinear(gpu: Gpu, images: Tensor, out: Tensor): void {
   if (outN !== n || outC !== channels) {
     throw new Error(`rescaleBilinear: input [${images.shape}] and output [${out.shape}] disagree`);
   }
-  gpu.dispatch(gpu.kernel("augment", { entryPoint: "rescale_bilinear" }), {
+  gpu.dispatch(gpu.kernel(AUGMENT, { entryPoint: "rescale_bilinear" }), {
     uniforms: dimsUniforms({ n, inH, inW, channels, outH, outW }),
-    storage: [images, null, out, null],
+    storage: { src: images, dst: out },
     workgroups: perPixelGrid(gpu, n * outH * outW),
   });
 }

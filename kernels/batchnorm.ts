@@ -12,6 +12,7 @@ import {
   packUniforms,
   type Tensor,
 } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 
 /** The matrix a BatchNorm sees, and its hyper-parameters (PyTorch defaults). */
 export interface BatchNormShape {
@@ -32,7 +33,7 @@ const STATS_CHUNK = 8;
 const TARGET_PARTIAL_WORKGROUPS = 512;
 const ELEMENTS_PER_WORKGROUP = WORKGROUP_THREADS * 4;
 
-/** Named storage buffers in binding order (batchnorm.wgsl bindings 1..15). */
+/** Storage bindings 1..15 of batchnorm.wgsl; batchnorm_vec4.wgsl uses a subset, same numbers. */
 const BINDINGS = [
   "x",
   "gamma",
@@ -50,11 +51,9 @@ const BINDINGS = [
   "dbeta",
   "dx",
 ] as const;
+const BATCHNORM = kernelFile("batchnorm", BINDINGS);
+const BATCHNORM_VEC4 = kernelFile("batchnorm_vec4", BINDINGS);
 type BindingName = typeof BINDINGS[number];
-
-function storage(buffers: Partial<Record<BindingName, Tensor>>): (Tensor | null)[] {
-  return BINDINGS.map((name) => buffers[name] ?? null);
-}
 
 /** How a column reduction over [rows, C] is split into workgroups. */
 interface Layout {
@@ -106,8 +105,8 @@ function kernel(
   gpu: Gpu,
   entryPoint: string,
   constants: Record<string, number>,
-): Kernel {
-  return gpu.kernel("batchnorm", { entryPoint, constants });
+): Kernel<BindingName> {
+  return gpu.kernel(BATCHNORM, { entryPoint, constants });
 }
 
 /** batchnorm_vec4.wgsl: 256 threads x 4 vec4s each = 4096 floats per workgroup. */
@@ -122,10 +121,10 @@ function elementwisePass(
   entryPoint: "normalize" | "input_grad",
   constants: Record<string, number>,
   s: BatchNormShape,
-): { kernel: Kernel; workgroups: [number, number] } {
+): { kernel: Kernel<BindingName>; workgroups: [number, number] } {
   if (s.channels % 4 === 0) {
     return {
-      kernel: gpu.kernel("batchnorm_vec4", { entryPoint, constants }),
+      kernel: gpu.kernel(BATCHNORM_VEC4, { entryPoint, constants }),
       workgroups: grid1d(
         Math.ceil(s.rows * s.channels / VEC4_FLOATS_PER_WORKGROUP),
         gpu.limits.maxComputeWorkgroupsPerDimension,
@@ -210,12 +209,12 @@ export function batchNormTrainForward(
   const params = uniforms(s, layout);
   gpu.dispatch(kernel(gpu, "stats_partial", tile), {
     uniforms: params,
-    storage: storage({ x, partials }),
+    storage: { x, partials },
     workgroups: [layout.channelTiles, layout.numBlocks],
   });
   gpu.dispatch(kernel(gpu, "stats_final", tile), {
     uniforms: params,
-    storage: storage({ partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar }),
+    storage: { partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar },
     workgroups: [layout.channelTiles],
   });
   const pass = elementwisePass(
@@ -226,7 +225,7 @@ export function batchNormTrainForward(
   );
   gpu.dispatch(pass.kernel, {
     uniforms: params,
-    storage: storage({ x, gamma, beta, mean: saveMean, invStd: saveInvStd, y }),
+    storage: { x, gamma, beta, mean: saveMean, invStd: saveInvStd, y },
     workgroups: pass.workgroups,
   });
   partials.release();
@@ -256,7 +255,7 @@ export function batchNormEvalForward(
   );
   gpu.dispatch(pass.kernel, {
     uniforms: uniforms(s),
-    storage: storage({ x, gamma, beta, mean: runningMean, invStd: runningVar, y }),
+    storage: { x, gamma, beta, mean: runningMean, invStd: runningVar, y },
     workgroups: pass.workgroups,
   });
 }
@@ -303,7 +302,7 @@ export function batchNormBackward(
   const mask = reluOutput ?? dy;
   gpu.dispatch(kernel(gpu, "grad_partial", { TILE_C: layout.tileChannels, RELU: relu }), {
     uniforms: params,
-    storage: storage({ x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials }),
+    storage: { x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials },
     workgroups: [layout.channelTiles, layout.numBlocks],
   });
   gpu.dispatch(
@@ -313,14 +312,14 @@ export function batchNormBackward(
     }),
     {
       uniforms: params,
-      storage: storage({ partials, gradSums, dgamma, dbeta }),
+      storage: { partials, gradSums, dgamma, dbeta },
       workgroups: [layout.channelTiles],
     },
   );
   const pass = elementwisePass(gpu, "input_grad", { RELU: relu }, s);
   gpu.dispatch(pass.kernel, {
     uniforms: params,
-    storage: storage({
+    storage: {
       x,
       dy,
       reluOut: mask,
@@ -329,7 +328,7 @@ export function batchNormBackward(
       invStd: saveInvStd,
       gradSums,
       dx,
-    }),
+    },
     workgroups: pass.workgroups,
   });
   partials.release();

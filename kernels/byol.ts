@@ -1,5 +1,8 @@
 /** BYOL's loss (2 - 2 cos) on unit vectors, forward and backward. */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const BYOL = kernelFile("byol", ["pHat", "zHat", "rowLoss", "dpHat"]);
 
 function checkPair(pHat: Tensor, zHat: Tensor): [number, number] {
   if (pHat.shape.length !== 2 || pHat.shape.join() !== zHat.shape.join()) {
@@ -18,9 +21,9 @@ export function byolForward(gpu: Gpu, pHat: Tensor, zHat: Tensor, rowLoss: Tenso
   if (rowLoss.size !== n) {
     throw new Error(`byol: rowLoss must hold ${n} values, got [${rowLoss.shape}]`);
   }
-  gpu.dispatch(gpu.kernel("byol", { entryPoint: "forward" }), {
+  gpu.dispatch(gpu.kernel(BYOL, { entryPoint: "forward" }), {
     uniforms: uniforms(n, dim),
-    storage: [pHat, zHat, rowLoss],
+    storage: { pHat, zHat, rowLoss },
     workgroups: grid1d(n, gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }
@@ -28,9 +31,9 @@ export function byolForward(gpu: Gpu, pHat: Tensor, zHat: Tensor, rowLoss: Tenso
 /** dp_hat = -(2 / n) z_hat (overwritten): the gradient of the mean BYOL loss. */
 export function byolBackward(gpu: Gpu, zHat: Tensor, dpHat: Tensor): void {
   const [n, dim] = checkPair(dpHat, zHat);
-  gpu.dispatch(gpu.kernel("byol", { entryPoint: "backward" }), {
+  gpu.dispatch(gpu.kernel(BYOL, { entryPoint: "backward" }), {
     uniforms: uniforms(n, dim),
-    storage: [null, zHat, null, dpHat],
+    storage: { zHat, dpHat },
     workgroups: grid1d(ceilDiv(n * dim, 256), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

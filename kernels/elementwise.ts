@@ -1,5 +1,8 @@
 /** Elementwise ops (fill, copy, add, scale, axpy, axpby, ReLU forward/backward). */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const ELEMENTWISE = kernelFile("elementwise", ["a", "b", "out"]);
 
 const ELEMENTS_PER_WORKGROUP = 256 * 4;
 
@@ -27,9 +30,9 @@ function run(
     if (t && t.size < n) throw new Error(`${entryPoint}: input has ${t.size} < ${n} elements`);
   }
   if (out.size < n) throw new Error(`${entryPoint}: output has ${out.size} < ${n} elements`);
-  gpu.dispatch(gpu.kernel("elementwise", { entryPoint }), {
+  gpu.dispatch(gpu.kernel(ELEMENTWISE, { entryPoint }), {
     uniforms: packUniforms([["u32", n], ["f32", alpha], ["f32", beta], ["u32", 0]]),
-    storage: [a, b, out],
+    storage: { a, b, out },
     workgroups: grid1d(
       Math.ceil(n / ELEMENTS_PER_WORKGROUP),
       gpu.limits.maxComputeWorkgroupsPerDimension,

@@ -1,5 +1,8 @@
 /** The target network's exponential moving average update (its momentum: models/schedule.ts). */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const EMA = kernelFile("ema", ["online", "target"]);
 
 /**
  * target <- m * target + (1 - m) * online for each pair of tensors (parameters and BatchNorm
@@ -14,7 +17,7 @@ export function emaUpdate(gpu: Gpu, targets: Tensor[], onlines: Tensor[], moment
   if (!(momentum >= 0 && momentum <= 1)) {
     throw new Error(`emaUpdate: momentum ${momentum} outside [0, 1]`);
   }
-  const kernel = gpu.kernel("ema");
+  const kernel = gpu.kernel(EMA);
   targets.forEach((target, i) => {
     const online = onlines[i];
     if (target.size !== online.size || target.dtype !== "f32" || online.dtype !== "f32") {
@@ -29,7 +32,7 @@ export function emaUpdate(gpu: Gpu, targets: Tensor[], onlines: Tensor[], moment
     gpu.dispatch(kernel, {
       // 1 - m in float64, then rounded once to f32 (see ema.wgsl).
       uniforms: packUniforms([["u32", target.size], ["f32", 1 - momentum], ["u32", 0], ["u32", 0]]),
-      storage: [online, target],
+      storage: { online, target },
       workgroups: grid1d(ceilDiv(target.size, 1024), gpu.limits.maxComputeWorkgroupsPerDimension),
     });
   });

@@ -1,5 +1,8 @@
 /** InfoNCE / NT-Xent (SimCLR form) on the [2n, 2n] similarity of both views' unit embeddings. */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const INFONCE = kernelFile("infonce", ["similarity", "rowLoss", "logSumExp", "grad"]);
 
 function checkSimilarity(similarity: Tensor): number {
   const [rows, cols] = similarity.shape;
@@ -32,9 +35,9 @@ export function infoNceForward(
       throw new Error(`infonce: ${name} must hold ${width} values, got [${t.shape}]`);
     }
   }
-  gpu.dispatch(gpu.kernel("infonce", { entryPoint: "rows" }), {
+  gpu.dispatch(gpu.kernel(INFONCE, { entryPoint: "rows" }), {
     uniforms: uniforms(width, temperature),
-    storage: [similarity, rowLoss, logSumExp],
+    storage: { similarity, rowLoss, logSumExp },
     workgroups: grid1d(width, gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }
@@ -55,9 +58,9 @@ export function infoNceBackward(
   if (logSumExp.size !== width) {
     throw new Error(`infonce: logSumExp must hold ${width} values, got [${logSumExp.shape}]`);
   }
-  gpu.dispatch(gpu.kernel("infonce", { entryPoint: "grad_symmetric" }), {
+  gpu.dispatch(gpu.kernel(INFONCE, { entryPoint: "grad_symmetric" }), {
     uniforms: uniforms(width, temperature),
-    storage: [similarity, null, logSumExp, grad],
+    storage: { similarity, logSumExp, grad },
     workgroups: grid1d(ceilDiv(width * width, 256), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

@@ -1,5 +1,8 @@
 /** Weighted kNN class scores from a similarity matrix (the SSL kNN monitor). */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const KNN = kernelFile("knn", ["sim", "bankLabels", "scores"]);
 
 /** Largest k and class count the kernel's workgroup arrays hold. */
 export const KNN_MAX_K = 1024;
@@ -33,7 +36,7 @@ export function knnScores(
   if (classes > KNN_MAX_CLASSES) {
     throw new Error(`knnScores: ${classes} classes exceed ${KNN_MAX_CLASSES}`);
   }
-  gpu.dispatch(gpu.kernel("knn"), {
+  gpu.dispatch(gpu.kernel(KNN), {
     uniforms: packUniforms([
       ["u32", queries],
       ["u32", bank],
@@ -41,7 +44,7 @@ export function knnScores(
       ["u32", classes],
       ["f32", 1 / temperature],
     ]),
-    storage: [sim, bankLabels, scores],
+    storage: { sim, bankLabels, scores },
     workgroups: grid1d(queries, gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

@@ -1,5 +1,9 @@
 /** Row-wise L2 normalisation (forward and backward) of [rows, cols] matrices. */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+/** Forward: a = x, out = y; backward: a = y, b = dy, out = dx. */
+const L2NORM = kernelFile("l2norm", ["a", "b", "norms", "out"]);
 
 /** Where the stacked side of a call sits in a taller buffer (in rows). */
 export interface L2NormOptions {
@@ -41,7 +45,7 @@ export function l2normForward(
   const rowOffset = options.rowOffset ?? 0;
   checkStacked("y", y, rows, cols, rowOffset);
   checkNorms(norms, rows, rowOffset);
-  dispatch(gpu, "forward", rows, cols, rowOffset, [x, null, norms, y]);
+  dispatch(gpu, "forward", rows, cols, rowOffset, { a: x, norms, out: y });
 }
 
 /** dx = (dy - y (y . dy)) / max(norm, 1e-12) per row: the gradient through the normalisation. */
@@ -58,7 +62,7 @@ export function l2normBackward(
   checkStacked("y", y, rows, cols, rowOffset);
   checkStacked("dy", dy, rows, cols, rowOffset);
   checkNorms(norms, rows, rowOffset);
-  dispatch(gpu, "backward", rows, cols, rowOffset, [y, dy, norms, dx]);
+  dispatch(gpu, "backward", rows, cols, rowOffset, { a: y, b: dy, norms, out: dx });
 }
 
 function dispatch(
@@ -67,9 +71,9 @@ function dispatch(
   rows: number,
   cols: number,
   rowOffset: number,
-  storage: (Tensor | null)[],
+  storage: { a: Tensor; b?: Tensor; norms: Tensor; out: Tensor },
 ): void {
-  gpu.dispatch(gpu.kernel("l2norm", { entryPoint }), {
+  gpu.dispatch(gpu.kernel(L2NORM, { entryPoint }), {
     uniforms: packUniforms([["u32", rows], ["u32", cols], ["u32", rowOffset], ["u32", 0]]),
     storage,
     workgroups: grid1d(rows, gpu.limits.maxComputeWorkgroupsPerDimension),

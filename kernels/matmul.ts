@@ -1,5 +1,20 @@
 /** Matrix multiply C = op(A)·op(B) (+ bias) (+= C), plain or batched; the GEMM behind Linear. */
 import { type Gpu, OPERAND_TEXTURE_WIDTH, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+import { matmulPlan, operandSource } from "./plan.ts";
+
+/** `main` reads a, b (or their textures) and bias, writes c; `copy_padded` copies source to target. */
+const MATMUL = kernelFile("matmul", [
+  "a",
+  "copySource",
+  "b",
+  "copyTarget",
+  "c",
+  null,
+  "bias",
+  "aTexture",
+  "bTexture",
+]);
 
 /** Options for {@link matmul}. */
 export interface MatmulOptions {
@@ -11,34 +26,6 @@ export interface MatmulOptions {
   bias?: Tensor;
   /** Add the result to `out` instead of overwriting it (gradient accumulation). */
   accumulate?: boolean;
-}
-
-/** Where the multiply reads A and B from: see {@link setMatmulOperands}. */
-export type MatmulOperands = "auto" | "texture" | "buffer";
-
-let operandMode: MatmulOperands = "auto";
-
-/**
- * Force where the multiply reads its operands (tests and benchmarks): "texture" copies them into
- * read-only storage textures first (faster on CPU adapters such as lavapipe, which load a texel
- * per lane far faster than a storage-buffer element), "buffer" reads the tensors' buffers, "auto"
- * (the default) picks textures on fallback (CPU) adapters. Operands too big for a texture always
- * use buffers.
- */
-export function setMatmulOperands(mode: MatmulOperands): void {
-  operandMode = mode;
-}
-
-/** Each invocation computes a BLOCK x BLOCK block of C; a workgroup has 8 invocations. */
-const BLOCK = 16;
-
-/**
- * Invocations side by side along N (the rest stack along M): all 8 when N is wide, which
- * measured fastest (lanes then share rows of A), fewer for narrow N, whose blocks would otherwise
- * mostly fall outside the matrix (N = 64: 4 lanes ran 2x faster than 8; N = 16: 1 lane 5x).
- */
-function lanesAlongN(n: number): number {
-  return n > 4 * BLOCK ? 8 : n > 2 * BLOCK ? 4 : 1;
 }
 
 /** The shapes of one matmul call, derived and checked. */
@@ -151,9 +138,9 @@ function copyPadded(
   [rows2, cols2]: [number, number],
 ): void {
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  gpu.dispatch(gpu.kernel("matmul", { entryPoint: "copy_padded" }), {
+  gpu.dispatch(gpu.kernel(MATMUL, { entryPoint: "copy_padded" }), {
     uniforms: packUniforms([["u32", rows], ["u32", cols], ["u32", rows2], ["u32", cols2]]),
-    storage: [null, source, null, target],
+    storage: { copySource: source, copyTarget: target },
     workgroups: [Math.ceil(cols2 / 64), Math.min(rows2, maxPerDim), batch],
   });
 }
@@ -204,12 +191,7 @@ export function matmul(
   if (batch === 0 || m === 0 || n === 0) return;
   const transposeA = options.transposeA ?? false;
   const transposeB = options.transposeB ?? false;
-  const lanesN = lanesAlongN(n);
-  const workgroups: [number, number, number] = [
-    Math.ceil(n / (BLOCK * lanesN)),
-    Math.ceil(m / (BLOCK * (8 / lanesN))),
-    batch,
-  ];
+  const { lanesN, workgroups } = matmulPlan(batch, m, n);
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   if (workgroups.some((w) => w > maxPerDim)) {
     throw new Error(
@@ -232,13 +214,13 @@ export function matmul(
   const nPadded = roundUp4(n);
   const c = nPadded === n ? out : gpu.empty([batch, m, nPadded]);
   if (c !== out && options.accumulate) copyPadded(gpu, out, c, batch, [m, n], [m, nPadded]);
-  const useTextures = (operandMode === "texture" || (operandMode === "auto" && gpu.isFallback)) &&
-    gpu.fitsOperandTexture(opA.tensor) && gpu.fitsOperandTexture(opB.tensor);
+  const fit = gpu.fitsOperandTexture(opA.tensor) && gpu.fitsOperandTexture(opB.tensor);
+  const useTextures = operandSource(gpu.settings.matmulOperands, gpu, fit) === "texture";
   const textureA = useTextures ? gpu.operandTexture(opA.tensor) : undefined;
   const textureB = useTextures ? gpu.operandTexture(opB.tensor) : undefined;
   const placeholder = useTextures ? undefined : gpu.placeholderTexture();
   gpu.dispatch(
-    gpu.kernel("matmul", {
+    gpu.kernel(MATMUL, {
       constants: {
         TRANSPOSE_A: transposeA ? 1 : 0,
         TRANSPOSE_B: transposeB ? 1 : 0,
@@ -260,17 +242,14 @@ export function matmul(
         ["u32", options.accumulate ? 1 : 0],
         ["u32", lanesN],
       ]),
-      storage: [
-        opA.tensor,
-        null,
-        opB.tensor,
-        null,
+      storage: {
+        a: opA.tensor,
+        b: opB.tensor,
         c,
-        null,
-        options.bias ?? noBias(gpu),
-        textureA?.view ?? placeholder!,
-        textureB?.view ?? placeholder!,
-      ],
+        bias: options.bias ?? noBias(gpu),
+        aTexture: textureA?.view ?? placeholder!,
+        bTexture: textureB?.view ?? placeholder!,
+      },
       workgroups,
     },
   );
@@ -282,4 +261,18 @@ export function matmul(
   }
   if (opA.temporary) opA.tensor.release();
   if (opB.temporary) opB.tensor.release();
+}
+
+/** S = P_hat Z_hat^T [n, n]: cosines between unit rows (the shared GEMM, B transposed). */
+export function cosineSimilarity(gpu: Gpu, pHat: Tensor, zHat: Tensor, s: Tensor): void {
+  const [n, dim] = pHat.shape;
+  if (pHat.shape.length !== 2 || zHat.shape.length !== 2 || zHat.shape[1] !== dim) {
+    throw new Error(
+      `cosineSimilarity: pHat [${pHat.shape}] and zHat [${zHat.shape}] must be [*, d]`,
+    );
+  }
+  if (s.shape.length !== 2 || s.shape[0] !== n || s.shape[1] !== zHat.shape[0]) {
+    throw new Error(`cosineSimilarity: s must be [${n}, ${zHat.shape[0]}], got [${s.shape}]`);
+  }
+  matmul(gpu, pHat, zHat, s, { transposeB: true });
 }

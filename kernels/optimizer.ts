@@ -1,6 +1,9 @@
 /** In-place optimizer updates: LARS (METHOD.md) and SGD with momentum (linear probe). */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
 import { reduceAll } from "./reduce.ts";
+
+const OPTIMIZER = kernelFile("optimizer", ["grad", "norms", "weight", "velocity"]);
 
 /** LARS hyper-parameters of one update. */
 export interface LarsOptions {
@@ -48,7 +51,7 @@ export function larsStep(
     reduceAll(gpu, grad, "norm", norms, normOffset + 1);
   }
   const n = weight.size;
-  gpu.dispatch(gpu.kernel("optimizer", { entryPoint: "lars" }), {
+  gpu.dispatch(gpu.kernel(OPTIMIZER, { entryPoint: "lars" }), {
     uniforms: packUniforms([
       ["u32", n],
       ["f32", options.lr],
@@ -58,7 +61,7 @@ export function larsStep(
       ["u32", options.excluded ? 1 : 0],
       ["u32", normOffset],
     ]),
-    storage: [grad, norms, weight, velocity],
+    storage: { grad, norms, weight, velocity },
     workgroups: grid1d(Math.ceil(n / 1024), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }
@@ -73,7 +76,7 @@ export function sgdStep(
 ): void {
   checkSizes(weight, grad, velocity);
   const n = weight.size;
-  gpu.dispatch(gpu.kernel("optimizer", { entryPoint: "sgd" }), {
+  gpu.dispatch(gpu.kernel(OPTIMIZER, { entryPoint: "sgd" }), {
     uniforms: packUniforms([
       ["u32", n],
       ["f32", options.lr],
@@ -83,7 +86,7 @@ export function sgdStep(
       ["u32", 0],
       ["u32", 0],
     ]),
-    storage: [grad, null, weight, velocity],
+    storage: { grad, weight, velocity },
     workgroups: grid1d(Math.ceil(n / 1024), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

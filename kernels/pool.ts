@@ -3,6 +3,9 @@
  * with a saved argmax and a gather backward, and global average pooling [N, H, W, C] -> [N, C].
  */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const POOL = kernelFile("pool", ["input", "argmax", "output"]);
 
 /** An NHWC activation's shape. */
 export interface PoolShape {
@@ -82,9 +85,9 @@ function run(
   outWidth: number,
   window: Required<MaxPoolWindow>,
   total: number,
-  storage: (Tensor | null)[],
+  storage: { input: Tensor; argmax?: Tensor; output: Tensor },
 ): void {
-  gpu.dispatch(gpu.kernel("pool", { entryPoint }), {
+  gpu.dispatch(gpu.kernel(POOL, { entryPoint }), {
     uniforms: packUniforms([
       ["u32", s.batch],
       ["u32", s.height],
@@ -126,7 +129,7 @@ export function maxPoolForward(
   checkSize(name, "x", x, s.batch * s.height * s.width * s.channels);
   checkSize(name, "y", y, outSize);
   checkSize(name, "argmax", argmax, outSize, "u32");
-  run(gpu, "maxpool_forward", s, w.height, w.width, w, outSize, [x, argmax, y]);
+  run(gpu, "maxpool_forward", s, w.height, w.width, w, outSize, { input: x, argmax, output: y });
 }
 
 /** Max pool backward: dx [N, H, W, C] (overwritten) gathers dy at each window's saved argmax. */
@@ -146,7 +149,7 @@ export function maxPoolBackward(
   checkSize(name, "dy", dy, outSize);
   checkSize(name, "argmax", argmax, outSize, "u32");
   checkSize(name, "dx", dx, inSize);
-  run(gpu, "maxpool_backward", s, w.height, w.width, w, inSize, [dy, argmax, dx]);
+  run(gpu, "maxpool_backward", s, w.height, w.width, w, inSize, { input: dy, argmax, output: dx });
 }
 
 /** Global average pool forward: y[n, c] = mean over (h, w) of x[n, h, w, c]. */
@@ -155,7 +158,7 @@ export function globalAvgPoolForward(gpu: Gpu, x: Tensor, y: Tensor, s: PoolShap
   checkShape(name, s);
   checkSize(name, "x", x, s.batch * s.height * s.width * s.channels);
   checkSize(name, "y", y, s.batch * s.channels);
-  run(gpu, "avgpool_forward", s, 1, 1, windowOf({}), s.batch * s.channels, [x, null, y]);
+  run(gpu, "avgpool_forward", s, 1, 1, windowOf({}), s.batch * s.channels, { input: x, output: y });
 }
 
 /** Global average pool backward: dx[n, h, w, c] = dy[n, c] / (H * W) (overwritten). */
@@ -165,5 +168,5 @@ export function globalAvgPoolBackward(gpu: Gpu, dy: Tensor, dx: Tensor, s: PoolS
   const inSize = s.batch * s.height * s.width * s.channels;
   checkSize(name, "dy", dy, s.batch * s.channels);
   checkSize(name, "dx", dx, inSize);
-  run(gpu, "avgpool_backward", s, 1, 1, windowOf({}), inSize, [dy, null, dx]);
+  run(gpu, "avgpool_backward", s, 1, 1, windowOf({}), inSize, { input: dy, output: dx });
 }

@@ -1,5 +1,8 @@
 /** Deterministic reductions: per-row and whole-tensor sum, sum of squares, L2 norm. */
 import { ceilDiv, type Gpu, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const REDUCE = kernelFile("reduce", ["x", "out"]);
 
 /** Elements one workgroup reduces per row chunk (256 threads x 16). */
 const CHUNK_LEN = 4096;
@@ -37,12 +40,12 @@ export function reduceRows(
     const last = chunks === 1;
     const target = last ? out : gpu.empty([rows, chunks]);
     if (!last) temporaries.push(target);
-    const kernel = gpu.kernel("reduce", {
+    const kernel = gpu.kernel(REDUCE, {
       constants: { SQUARE: square ? 1 : 0, SQRT: last && op === "norm" ? 1 : 0 },
     });
     gpu.dispatch(kernel, {
       uniforms: new Uint32Array([rows, width, CHUNK_LEN, chunks, last ? outOffset : 0]),
-      storage: [input, target],
+      storage: { x: input, out: target },
       workgroups: [chunks, rows],
     });
     if (last) break;

@@ -1,5 +1,8 @@
 /** The residual join of a ResNet block: out = relu(a + b), and its backward. */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const RESIDUAL = kernelFile("residual", ["a", "b", "out"]);
 
 const ELEMENTS_PER_WORKGROUP = 256 * 4;
 
@@ -11,9 +14,9 @@ function run(gpu: Gpu, entryPoint: string, tensors: Record<string, Tensor>, out:
     }
   }
   const [a, b] = Object.values(tensors);
-  gpu.dispatch(gpu.kernel("residual", { entryPoint }), {
+  gpu.dispatch(gpu.kernel(RESIDUAL, { entryPoint }), {
     uniforms: packUniforms([["u32", n], ["u32", 0], ["u32", 0], ["u32", 0]]),
-    storage: [a, b, out],
+    storage: { a, b, out },
     workgroups: grid1d(
       ceilDiv(n, ELEMENTS_PER_WORKGROUP),
       gpu.limits.maxComputeWorkgroupsPerDimension,

@@ -1,5 +1,8 @@
 /** Softmax cross-entropy loss and its gradient (linear probe training). */
 import { type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const SOFTMAX_XENT = kernelFile("softmax_xent", ["logits", "labels", "loss", "dlogits"]);
 
 /**
  * Per-row loss[r] = -log softmax(logits[r])[label[r]]; dlogits = (softmax - onehot) * gradScale.
@@ -23,9 +26,9 @@ export function softmaxCrossEntropy(
       `softmaxCrossEntropy: loss [${loss.shape}] / dlogits [${dlogits.shape}] mismatch`,
     );
   }
-  gpu.dispatch(gpu.kernel("softmax_xent"), {
+  gpu.dispatch(gpu.kernel(SOFTMAX_XENT), {
     uniforms: packUniforms([["u32", rows], ["u32", classes], ["f32", gradScale]]),
-    storage: [logits, labels, loss, dlogits],
+    storage: { logits, labels, loss, dlogits },
     workgroups: grid1d(rows, gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

@@ -1,5 +1,16 @@
 /** Stable per-row bitonic sort (ascending keys, carrying column indices) of any row length. */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const SORT = kernelFile("sort", [
+  "x",
+  "scratchKeys",
+  "scratchIndex",
+  "outKeys",
+  "outIndex",
+  "nextKeys",
+  "nextIndex",
+]);
 
 /** The longest tile one workgroup sorts (2 x 4 bytes per element: 32 KiB of workgroup memory). */
 const MAX_TILE = 4096;
@@ -96,48 +107,48 @@ export function sortRows(
 
   if (padded <= tile) {
     // Whole rows fit one workgroup: size the tile to the row, so small rows use little memory.
-    const kernel = gpu.kernel("sort", {
+    const kernel = gpu.kernel(SORT, {
       entryPoint: "sort_rows_in_tile",
       substitute: { TILE: padded, RUN: 2 },
     });
     gpu.dispatch(kernel, {
       uniforms: params(),
-      storage: [x, null, null, outKeys, outIndex],
+      storage: { x, outKeys, outIndex },
       workgroups: grid1d(rows, maxPerDim),
     });
     return;
   }
 
   const kernel = (entryPoint: string) =>
-    gpu.kernel("sort", { entryPoint, substitute: { TILE: tile, RUN: 2 } });
+    gpu.kernel(SORT, { entryPoint, substitute: { TILE: tile, RUN: 2 } });
   const scratchKeys = gpu.empty([rows, padded], "u32", "sort scratch keys");
   const scratchIndex = gpu.empty([rows, padded], "u32", "sort scratch indices");
-  const scratch = [scratchKeys, scratchIndex];
+  const scratch = { scratchKeys, scratchIndex };
   const tileGrid = grid1d(rows * (padded / tile), maxPerDim);
   gpu.dispatch(kernel("sort_tiles"), {
     uniforms: params(),
-    storage: [x, ...scratch],
+    storage: { x, ...scratch },
     workgroups: tileGrid,
   });
   for (let block = 2 * tile; block <= padded; block *= 2) {
     for (let stride = block / 2; stride >= tile; stride /= 2) {
       gpu.dispatch(kernel("merge_global"), {
         uniforms: params(block, stride),
-        storage: [null, ...scratch],
+        storage: scratch,
         workgroups: grid1d(ceilDiv(rows * padded / 2, WORKGROUP), maxPerDim),
       });
     }
     if (block < padded) {
       gpu.dispatch(kernel("merge_tiles"), {
         uniforms: params(),
-        storage: [null, ...scratch],
+        storage: scratch,
         workgroups: tileGrid,
       });
     } else {
       const tilesOut = ceilDiv(outCols, tile);
       gpu.dispatch(kernel("merge_tiles_final"), {
         uniforms: params(0, 0, tilesOut),
-        storage: [null, ...scratch, outKeys, outIndex],
+        storage: { ...scratch, outKeys, outIndex },
         workgroups: grid1d(rows * tilesOut, maxPerDim),
       });
     }
@@ -165,25 +176,25 @@ function selectLeadingRanks(
   const { rows, padded, tile, run, params } = plan;
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   const kernel = (entryPoint: string, tileLength: number) =>
-    gpu.kernel("sort", { entryPoint, substitute: { TILE: tileLength, RUN: run } });
+    gpu.kernel(SORT, { entryPoint, substitute: { TILE: tileLength, RUN: run } });
   if (padded <= tile) {
     gpu.dispatch(kernel("select_rows_in_tile", padded), {
       uniforms: params(),
-      storage: [x, null, null, outKeys, outIndex],
+      storage: { x, outKeys, outIndex },
       workgroups: grid1d(rows, maxPerDim),
     });
     return;
   }
   // Each level keeps `run` winners per tile of the level below.
-  const level = (width: number) => [
-    gpu.empty([rows, width], "u32", "selection keys"),
-    gpu.empty([rows, width], "u32", "selection indices"),
-  ];
+  const level = (width: number) => ({
+    keys: gpu.empty([rows, width], "u32", "selection keys"),
+    index: gpu.empty([rows, width], "u32", "selection indices"),
+  });
   let width = (padded / tile) * run;
   let source = level(width);
   gpu.dispatch(kernel("select_tiles", tile), {
     uniforms: params(),
-    storage: [x, null, null, null, null, ...source],
+    storage: { x, nextKeys: source.keys, nextIndex: source.index },
     workgroups: grid1d(rows * (padded / tile), maxPerDim),
   });
   while (width > tile) {
@@ -191,17 +202,24 @@ function selectLeadingRanks(
     const next = level(tiles * run);
     gpu.dispatch(kernel("select_runs", tile), {
       uniforms: params(0, 0, 0, width),
-      storage: [null, ...source, null, null, ...next],
+      storage: {
+        scratchKeys: source.keys,
+        scratchIndex: source.index,
+        nextKeys: next.keys,
+        nextIndex: next.index,
+      },
       workgroups: grid1d(rows * tiles, maxPerDim),
     });
-    for (const t of source) t.release();
+    source.keys.release();
+    source.index.release();
     source = next;
     width = tiles * run;
   }
   gpu.dispatch(kernel("select_runs_final", width), {
     uniforms: params(0, 0, 0, width),
-    storage: [null, ...source, outKeys, outIndex],
+    storage: { scratchKeys: source.keys, scratchIndex: source.index, outKeys, outIndex },
     workgroups: grid1d(rows, maxPerDim),
   });
-  for (const t of source) t.release();
+  source.keys.release();
+  source.index.release();
 }

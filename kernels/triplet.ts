@@ -1,5 +1,16 @@
 /** The truncated triplet loss (METHOD.md) on a similarity matrix and its sorted negatives. */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
+import { kernelFile } from "../runtime/shader.ts";
+
+const TRIPLET = kernelFile("triplet", [
+  "similarity",
+  "sortedDistances",
+  "rowLoss",
+  "active",
+  "zHat",
+  "sortedIndex",
+  "dpHat",
+]);
 
 const WORKGROUP = 256;
 
@@ -81,9 +92,9 @@ export function tripletForward(
   checkTripletWindow(params.window, n, sortedCols);
   checkVector("rowLoss", rowLoss, n);
   checkVector("active", active, n);
-  gpu.dispatch(gpu.kernel("triplet", { entryPoint: "forward" }), {
+  gpu.dispatch(gpu.kernel(TRIPLET, { entryPoint: "forward" }), {
     uniforms: uniforms(n, 0, sortedCols, params),
-    storage: [similarity, sortedDistances, rowLoss, active],
+    storage: { similarity, sortedDistances, rowLoss, active },
     workgroups: grid1d(ceilDiv(n, WORKGROUP), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }
@@ -105,9 +116,9 @@ export function tripletBackward(
   const sortedCols = checkSorted("sortedIndex", sortedIndex, n, "u32");
   checkTripletWindow(params.window, n, sortedCols);
   checkVector("active", active, n);
-  gpu.dispatch(gpu.kernel("triplet", { entryPoint: "backward" }), {
+  gpu.dispatch(gpu.kernel(TRIPLET, { entryPoint: "backward" }), {
     uniforms: uniforms(n, dim, sortedCols, params),
-    storage: [null, null, null, active, zHat, sortedIndex, dpHat],
+    storage: { active, zHat, sortedIndex, dpHat },
     workgroups: grid1d(ceilDiv(n * dim, WORKGROUP), gpu.limits.maxComputeWorkgroupsPerDimension),
   });
 }

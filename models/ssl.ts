@@ -8,7 +8,7 @@ import { Rng } from "../runtime/random.ts";
 import { scale } from "../kernels/elementwise.ts";
 import { larsStep } from "../kernels/optimizer.ts";
 import { emaUpdate } from "../kernels/ema.ts";
-import { type LossConfig, SslLoss } from "../kernels/ssl_loss.ts";
+import { type LossConfig, SslLoss } from "./loss.ts";
 import {
   type BatchCounter,
   Context,

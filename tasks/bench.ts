@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { type BenchContext, type BenchRow, formatTable } from "../bench/harness.ts";
 import { formatProfile, hasProfile } from "../bench/profile.ts";
+import { PRESETS } from "./presets.ts";
 
 const PARTS = ["matmul", "conv", "batchnorm", "loss", "data", "step"] as const;
 
@@ -49,6 +50,7 @@ async function main(): Promise<void> {
     quick: values.quick,
     withTfjs: !values["no-tfjs"],
     flags: { profile: values.profile },
+    preset: PRESETS.small,
   };
   const rows: BenchRow[] = [];
   for (const part of parts) {

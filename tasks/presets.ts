@@ -4,7 +4,7 @@
  */
 import type { Arch } from "../models/resnet.ts";
 import type { LrShape } from "../models/schedule.ts";
-import { LOSS_DEFAULTS, type LossConfig } from "../kernels/ssl_loss.ts";
+import { LOSS_DEFAULTS, type LossConfig } from "../models/loss.ts";
 import type { DatasetName } from "../data/dataset.ts";
 
 /** Everything a training run needs. */

@@ -9,7 +9,7 @@ import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augme
 import type { SslModelConfig } from "../models/ssl.ts";
 import type { EvaluationOptions } from "../models/evaluate.ts";
 import { ARCH_NAMES } from "../models/resnet.ts";
-import { LOSS_KINDS } from "../kernels/ssl_loss.ts";
+import { LOSS_KINDS } from "../models/loss.ts";
 import { finiteNumber, nonNegativeInt, oneOf, positiveInt, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
 

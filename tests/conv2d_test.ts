@@ -4,14 +4,11 @@ import {
   conv2dBiasGrad,
   conv2dForward,
   conv2dInputGrad,
-  type Conv2dOperands,
   conv2dOutputSize,
   type Conv2dShape,
-  type Conv2dStaging,
   conv2dWeightGrad,
-  setConv2dOperands,
-  setConv2dStaging,
 } from "../kernels/conv2d.ts";
+import type { OperandSource, TileStaging } from "../runtime/gpu.ts";
 
 // f32 GPU sums of up to ~1000 products of values in [-1, 1] against float64 references: rounding
 // grows like sqrt(K) * 6e-8 * |partial sums|, far below this; a wrong tap or index is O(0.1).
@@ -359,17 +356,17 @@ const SCALAR = caseNamed("channel counts not multiples of 4");
  * the given source, then restore the defaults.
  */
 async function withStaging(
-  mode: Conv2dStaging,
-  operands: Conv2dOperands,
+  mode: TileStaging,
+  operands: OperandSource,
   body: () => Promise<void>,
 ): Promise<void> {
-  setConv2dStaging(mode);
-  setConv2dOperands(operands);
+  const gpu = await testGpu();
+  const saved = gpu.settings;
+  gpu.settings = { ...saved, conv2dStaging: mode, conv2dOperands: operands };
   try {
     await body();
   } finally {
-    setConv2dStaging("auto");
-    setConv2dOperands("auto");
+    gpu.settings = saved;
   }
 }
 

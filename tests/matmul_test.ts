@@ -1,12 +1,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import {
-  matmul,
-  type MatmulOperands,
-  type MatmulOptions,
-  setMatmulOperands,
-} from "../kernels/matmul.ts";
-import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { matmul, type MatmulOptions } from "../kernels/matmul.ts";
+import type { Gpu, OperandSource, Tensor } from "../runtime/gpu.ts";
 
 // Inputs are uniform in [-1, 1]; an f32 dot product of K terms drifts from the float64 reference
 // by about sqrt(K) roundings of values of size ~sqrt(K)/3, so the tolerance grows with sqrt(K):
@@ -102,17 +97,18 @@ async function check(gpu: Gpu, c: Case, seed: number): Promise<void> {
 
 /** Test the cases with operands read from storage buffers and from textures (both paths). */
 function runCases(title: string, cases: Case[]): void {
-  for (const mode of ["buffer", "texture"] as MatmulOperands[]) {
+  for (const mode of ["buffer", "texture"] as OperandSource[]) {
     Deno.test({
       name: `matmul (${mode} operands): ${title}: ${cases.map(caseName).join("; ")}`,
       ...gpuTest,
       fn: async () => {
         const gpu = await testGpu();
-        setMatmulOperands(mode);
+        const saved = gpu.settings;
+        gpu.settings = { ...saved, matmulOperands: mode };
         try {
           for (const [i, c] of cases.entries()) await check(gpu, c, 1000 + i);
         } finally {
-          setMatmulOperands("auto");
+          gpu.settings = saved;
         }
       },
     });

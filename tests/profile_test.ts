@@ -8,7 +8,8 @@ import assert, { deepEqual, equal, rejects, throws } from "node:assert/strict";
 import { fill, scale } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { Gpu } from "../runtime/gpu.ts";
-import { formatProfile, KernelProfiler, type ProfileMode } from "../bench/profile.ts";
+import { KernelProfiler, type ProfileMode } from "../runtime/profiler.ts";
+import { formatProfile } from "../bench/profile.ts";
 import { gpuTest, Rng, testGpu } from "./util.ts";
 
 const SIZE = 64;
@@ -44,7 +45,7 @@ async function profileKnownWork(mode: ProfileMode) {
   const expected00 = Array.from({ length: SIZE }, (_, k) => gotA[k] * 2 * gotA[k * SIZE])
     .reduce((x, y) => x + y, 0);
   assert(Math.abs(gotC[0] - expected00) <= 1e-3 + 1e-4 * Math.abs(expected00), `c[0]=${gotC[0]}`);
-  equal(gpu.onDispatch, undefined, "the timestamp hook is removed");
+  equal(gpu.dispatchObserverCount, 0, "the dispatch observer is removed");
   equal(Object.hasOwn(gpu, "dispatch"), false, "the recording dispatch is removed");
   equal(gpu.dispatch, Gpu.prototype.dispatch);
   for (const t of [a, b, c]) t.release();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { gpuTest, testGpu } from "./util.ts";
-import { ceilDiv, grid1d, specialise } from "../runtime/gpu.ts";
-import { add } from "../kernels/elementwise.ts";
+import { ceilDiv, grid1d, kernelFile, specialise } from "../runtime/gpu.ts";
+import { add, fill, scale } from "../kernels/elementwise.ts";
 
 Deno.test({
   name: "runtime: tensors upload, read back in one batch, and reuse pooled buffers",
@@ -58,4 +58,48 @@ Deno.test("runtime: grid folding, ceilDiv and WGSL substitution", () => {
   assert.equal(ceilDiv(7, 2), 4);
   assert.equal(specialise("a {{N}} b", { N: 4 }), "a 4 b");
   assert.throws(() => specialise("{{M}}", {}), /placeholder \{\{M\}\}/);
+});
+
+Deno.test("runtime: a kernel file names each binding once", () => {
+  assert.throws(() => kernelFile("elementwise", ["a", "b", "a"]), /binding "a" named twice/);
+});
+
+Deno.test({
+  name: "runtime: a dispatch binding an unknown name throws, listing the kernel's bindings",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const kernel = gpu.kernel(kernelFile("elementwise", ["a", "b", "out"]), { entryPoint: "fill" });
+    const out = gpu.empty([4]);
+    const storage = { out, bogus: out } as unknown as { out: typeof out };
+    assert.throws(
+      () => gpu.dispatch(kernel, { storage, workgroups: [1] }),
+      /elementwise:fill: no binding named "bogus" \(bindings: a, b, out\)/,
+    );
+    out.release();
+  },
+});
+
+Deno.test({
+  name: "runtime: dispatch observers see each dispatch until they unsubscribe",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const t = gpu.empty([8]);
+    const doubled = gpu.empty([8]);
+    const seen: string[] = [];
+    const unsubscribe = gpu.observeDispatches(({ kernel }) => seen.push(kernel.name));
+    const before = gpu.dispatchObserverCount;
+    fill(gpu, t, 1);
+    scale(gpu, t, 2, doubled);
+    unsubscribe();
+    fill(gpu, t, 3);
+    assert.deepEqual(seen, ["elementwise:fill", "elementwise:scale"]);
+    assert.equal(gpu.dispatchObserverCount, before - 1);
+    const [last, scaled] = await gpu.read([t, doubled]);
+    assert.deepEqual([...last], Array(8).fill(3));
+    assert.deepEqual([...scaled], Array(8).fill(2));
+    t.release();
+    doubled.release();
+  },
 });

@@ -6,7 +6,7 @@ import {
   infoNceReference,
   tripletReference,
 } from "./ssl_loss_reference.ts";
-import { deputyWindow, type LossConfig, SslLoss } from "../kernels/ssl_loss.ts";
+import { deputyWindow, type LossConfig, SslLoss } from "../models/loss.ts";
 import type { Gpu } from "../runtime/gpu.ts";
 
 // GPU (f32) against float64 references: losses are sums of n row terms (up to ~100 each);

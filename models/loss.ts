@@ -1,27 +1,30 @@
 /**
- * The self-supervised objectives on the GPU, composed from kernels: the truncated triplet loss of
- * METHOD.md and its deputy variants, plus the BYOL and InfoNCE (SimCLR) baselines. One direction
- * of the triplet loss is: normalise -> S = P_hat Z_hat^T -> sort each row's negatives by distance
- * -> hinge on the window's mean distance -> gradient to p_hat -> back through the normalisation.
- * Losses land in a small GPU tensor, so a training step never waits for a read-back.
+ * The self-supervised objectives: their configuration (kinds, METHOD.md's defaults, the negative
+ * deputy's rank window) and their composition from kernels on the GPU: the truncated triplet loss
+ * of METHOD.md and its deputy variants, plus the BYOL and InfoNCE (SimCLR) baselines. One
+ * direction of the triplet loss is: normalise -> S = P_hat Z_hat^T -> sort each row's negatives by
+ * distance -> hinge on the window's mean distance -> gradient to p_hat -> back through the
+ * normalisation. Losses land in a small GPU tensor, so a training step never waits for a
+ * read-back.
  */
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
-import { l2normBackward, l2normForward } from "./l2norm.ts";
-import { matmul } from "./matmul.ts";
-import { reduceAll } from "./reduce.ts";
-import { sortRows } from "./sort.ts";
+import { l2normBackward, l2normForward } from "../kernels/l2norm.ts";
+import { cosineSimilarity, matmul } from "../kernels/matmul.ts";
+import { reduceAll } from "../kernels/reduce.ts";
+import { sortRows } from "../kernels/sort.ts";
 import {
   checkTripletWindow,
   tripletBackward,
   tripletForward,
   type TripletParams,
-} from "./triplet.ts";
-import { byolBackward, byolForward } from "./byol.ts";
-import { infoNceBackward, infoNceForward } from "./infonce.ts";
+} from "../kernels/triplet.ts";
+import { byolBackward, byolForward } from "../kernels/byol.ts";
+import { infoNceBackward, infoNceForward } from "../kernels/infonce.ts";
 
-/** The objectives: the triplet family (by negative deputy), BYOL, InfoNCE. */
+/** Every objective: the triplet family (by negative deputy), BYOL, and InfoNCE. */
 export const LOSS_KINDS = ["triplet", "rank-k", "median", "hardest", "byol", "infonce"] as const;
-/** Which objective. */
+
+/** Which objective (one of {@link LOSS_KINDS}). */
 export type LossKind = typeof LOSS_KINDS[number];
 
 /** An objective and its hyper-parameters (unset ones take METHOD.md's values). */
@@ -72,21 +75,7 @@ export function deputyWindow(config: LossConfig, batch: number): [number, number
   }
 }
 
-/** S = P_hat Z_hat^T [n, n]: cosines between unit rows (the shared GEMM, B transposed). */
-export function cosineSimilarity(gpu: Gpu, pHat: Tensor, zHat: Tensor, s: Tensor): void {
-  const [n, dim] = pHat.shape;
-  if (pHat.shape.length !== 2 || zHat.shape.length !== 2 || zHat.shape[1] !== dim) {
-    throw new Error(
-      `cosineSimilarity: pHat [${pHat.shape}] and zHat [${zHat.shape}] must be [*, d]`,
-    );
-  }
-  if (s.shape.length !== 2 || s.shape[0] !== n || s.shape[1] !== zHat.shape[0]) {
-    throw new Error(`cosineSimilarity: s must be [${n}, ${zHat.shape[0]}], got [${s.shape}]`);
-  }
-  matmul(gpu, pHat, zHat, s, { transposeB: true });
-}
-
-const TRIPLET_FAMILY: LossKind[] = ["triplet", "rank-k", "median", "hardest"];
+const TRIPLET_FAMILY: readonly LossKind[] = ["triplet", "rank-k", "median", "hardest"];
 
 /** One objective for a fixed batch size and embedding width, with its GPU workspace. */
 export class SslLoss {
