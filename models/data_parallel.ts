@@ -199,14 +199,22 @@ export class GradientSync {
     return new Float32Array(views[0].buffer, 0, floatsIn(bucket));
   }
 
-  /** One staging upload for the bucket, then a GPU copy into each tensor. */
+  /** One staging buffer for the bucket, then a GPU copy into each tensor. */
   private uploadBucket(bucket: Slot[], flat: Float32Array): void {
-    const staged = this.gpu.upload(flat, [flat.length]);
+    // A plain COPY_SRC buffer (not a pooled tensor), so a bucket may exceed the storage binding
+    // limit (128 MiB on lavapipe; ResNet-50's online gradients are 134 MiB).
+    const staging = this.gpu.device.createBuffer({
+      size: flat.byteLength,
+      usage: GPUBufferUsage.COPY_SRC,
+      mappedAtCreation: true,
+    });
+    new Float32Array(staging.getMappedRange()).set(flat);
+    staging.unmap();
     const encoder = this.gpu.currentEncoder();
     let offset = 0;
     for (const { tensor } of bucket) {
       encoder.copyBufferToBuffer(
-        staged.buffer,
+        staging,
         offset * 4,
         tensor.buffer,
         tensor.byteOffset,
@@ -214,7 +222,9 @@ export class GradientSync {
       );
       offset += tensor.size;
     }
-    staged.release();
+    // Submit the copies; the buffer is freed once they ran.
+    this.gpu.flush();
+    staging.destroy();
   }
 
   private forEachState(

@@ -6,7 +6,11 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, testGpu } from "./util.ts";
 import { LocalCollective } from "../runtime/mpi.ts";
-import { assertSameConfig, GradientSync } from "../models/data_parallel.ts";
+import {
+  assertSameConfig,
+  GradientSync,
+  type GradientSyncOptions,
+} from "../models/data_parallel.ts";
 import { accumulate, rankData, snapshot, tinyModel } from "./mpi/tiny_model.ts";
 import { byRank, hasMpiexec, runRanks } from "./mpi/launch.ts";
 
@@ -28,12 +32,12 @@ function assertAllClose(got: number[][], expected: number[][], tol: typeof SUM_T
 }
 
 /** Two ranks (different initial weights) in one process; one step each on its own data. */
-async function twoRanksInProcess(stateDecayPerRank?: number) {
+async function twoRanksInProcess(options: GradientSyncOptions = {}) {
   const gpu = await testGpu();
   const group = LocalCollective.group(2);
   const ranks = [0, 1].map((rank) => tinyModel(gpu, 7 + rank));
   const syncs = ranks.map(({ mlp }, rank) =>
-    new GradientSync(gpu, group[rank], mlp.parameters(), mlp.states(), { stateDecayPerRank })
+    new GradientSync(gpu, group[rank], mlp.parameters(), mlp.states(), options)
   );
   const initial = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
   await Promise.all(syncs.map((s) => s.broadcastInitial()));
@@ -80,10 +84,15 @@ Deno.test({
 });
 
 Deno.test({
-  name: "GradientSync stateDecayPerRank: running stats equal one process seeing both batches",
+  name: "GradientSync stateDecayPerRank, 100-byte buckets: equals one process with accum 2",
   ...gpuTest,
   async fn() {
-    const run = await twoRanksInProcess(DECAY_PER_RANK);
+    // Buckets of at most 100 bytes: the 8-float BatchNorm tensors share one, the weights go alone.
+    const run = await twoRanksInProcess({ stateDecayPerRank: DECAY_PER_RANK, maxBucketBytes: 100 });
+    for (const rank of [0, 1]) {
+      assert.deepEqual(run.broadcast[rank].values, run.initial[0].values, `rank ${rank} weights`);
+      assert.deepEqual([...run.lossesAfter[rank]], [2, 3.75], `rank ${rank} loss tensor`);
+    }
     for (const rank of [0, 1]) {
       assertAllClose(run.after[rank].states, run.single.states, ACCUM_TOL, `rank ${rank} state`);
       assertAllClose(run.after[rank].grads, run.single.grads, ACCUM_TOL, `rank ${rank} gradient`);
