@@ -156,6 +156,21 @@ class MpiCollective implements Collective {
     this.rank = out[0];
     this.check("MPI_Comm_size", s.MPI_Comm_size(MPI_COMM_WORLD, out));
     this.size = out[0];
+    // A rank that ends before finalize (its script returns, or Deno.exit) makes mpiexec kill the
+    // other ranks without a word and report success (exit code 0, work lost): end the whole job
+    // with a failure instead. (An uncaught exception exits 1 without this event: mpiexec then
+    // ends every rank with that code by itself.)
+    globalThis.addEventListener("unload", () => {
+      if (this.finalized) return;
+      const code = Deno.exitCode || 1;
+      if (Deno.exitCode === 0) {
+        console.error(
+          `rank ${this.rank} ended before MPI finalize: stopping every rank with exit code ` +
+            `${code} (call finalize() after the last collective)`,
+        );
+      }
+      s.MPI_Abort(MPI_COMM_WORLD, code);
+    });
   }
 
   allReduceSum(data: Float32Array): Promise<void> {

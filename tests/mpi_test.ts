@@ -61,6 +61,8 @@ for (
     ["throw", "an uncaught exception on rank 1", "rank 1 fails on purpose"],
     ["abort", "rank 1 calling abort(3)", "MPI_Abort(MPI_COMM_WORLD, 3)"],
     ["kill", "rank 1 killed with SIGKILL", "BAD TERMINATION"],
+    // mpiexec alone would end this job with code 0, rank 0 killed silently.
+    ["exit0", "rank 1 exiting 0 before finalize", "rank 1 ended before MPI finalize"],
   ] as const
 ) {
   Deno.test({

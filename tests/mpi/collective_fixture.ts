@@ -45,13 +45,14 @@ if (scenario === "collectives") {
     bytes: [...bytes],
     invalidRoot,
   }));
-} else if (scenario === "throw" || scenario === "abort" || scenario === "kill") {
+} else if (["throw", "abort", "kill", "exit0"].includes(scenario)) {
   await mpi.barrier();
   if (rank === 1) {
     // Give rank 0 time to block inside the all-reduce that rank 1 never joins.
     await new Promise((resolve) => setTimeout(resolve, 300));
     if (scenario === "throw") throw new Error("rank 1 fails on purpose");
     if (scenario === "abort") mpi.abort(3);
+    if (scenario === "exit0") Deno.exit(0); // without finalize
     Deno.kill(Deno.pid, "SIGKILL");
   }
   await mpi.allReduceSum(new Float32Array(4));
