@@ -51,7 +51,7 @@ export interface GradientSyncOptions {
 /** One tensor in the flat host layout, with what happens to it after the reduction. */
 interface Slot {
   tensor: Tensor;
-  kind: "grad" | "state" | "extra";
+  kind: "parameter" | "state" | "extra";
   /** Index among the states (for the sequential combination) or the extras. */
   index: number;
 }
@@ -84,14 +84,20 @@ export class GradientSync {
   }
 
   /**
-   * Give every rank rank 0's parameter values and running statistics (call once after building or
-   * loading the model, before the first step; afterwards copy the online network to the target
-   * again, since the target started from this rank's own initial values).
+   * Give every rank rank 0's parameter values and running statistics, and the contents of
+   * `extras` (e.g. the optimizer's velocity and the target network when resuming from a checkpoint
+   * only rank 0 can read). Call once after building or loading the model, before the first step;
+   * without the target among `extras`, copy the online network to the target again afterwards.
    */
-  async broadcastInitial(): Promise<void> {
+  async broadcastInitial(extras: Tensor[] = []): Promise<void> {
     const slots: Slot[] = [
-      ...this.parameters.map((p, index) => ({ tensor: p.value, kind: "grad" as const, index })),
+      ...this.parameters.map((p, index) => ({
+        tensor: p.value,
+        kind: "parameter" as const,
+        index,
+      })),
       ...this.states.map((s, index) => ({ tensor: s.value, kind: "state" as const, index })),
+      ...extras.map((tensor, index) => ({ tensor, kind: "extra" as const, index })),
     ];
     const isRoot = this.collective.rank === 0;
     const previous: Float32Array[] = [];
@@ -121,7 +127,7 @@ export class GradientSync {
       throw new Error("GradientSync: call broadcastInitial() before the first allReduce()");
     }
     const slots: Slot[] = [
-      ...this.parameters.map((p, index) => ({ tensor: p.grad, kind: "grad" as const, index })),
+      ...this.parameters.map((p, index) => ({ tensor: p.grad, kind: "parameter" as const, index })),
       ...this.states.map((s, index) => ({ tensor: s.value, kind: "state" as const, index })),
       ...extras.map((tensor, index) => ({ tensor, kind: "extra" as const, index })),
     ];
@@ -252,12 +258,7 @@ function floatsIn(bucket: Slot[]): number {
  * whose config differs names the first differing field.
  */
 export async function assertSameConfig(collective: Collective, configJson: string): Promise<void> {
-  const own = new TextEncoder().encode(configJson);
-  const length = new Uint32Array([own.length]);
-  await collective.broadcast(new Uint8Array(length.buffer), 0);
-  const rootBytes = collective.rank === 0 ? own.slice() : new Uint8Array(length[0]);
-  await collective.broadcast(rootBytes, 0);
-  const rootJson = new TextDecoder().decode(rootBytes);
+  const rootJson = await broadcastText(collective, configJson);
   const difference = rootJson === configJson ? undefined : firstDifference(rootJson, configJson);
   const differs = new Float32Array(collective.size);
   differs[collective.rank] = difference === undefined ? 0 : 1;
@@ -274,6 +275,19 @@ export async function assertSameConfig(collective: Collective, configJson: strin
     `config differs from rank 0's on rank ${differing.join(", ")} (its error names the field): ` +
       fix,
   );
+}
+
+/**
+ * Rank 0's `text` on every rank (other ranks' `text` is ignored), e.g. the resume metadata that only
+ * rank 0's run directory holds.
+ */
+export async function broadcastText(collective: Collective, text: string): Promise<string> {
+  const own = new TextEncoder().encode(collective.rank === 0 ? text : "");
+  const length = new Uint32Array([own.length]);
+  await collective.broadcast(new Uint8Array(length.buffer), 0);
+  const bytes = collective.rank === 0 ? own : new Uint8Array(length[0]);
+  await collective.broadcast(bytes, 0);
+  return new TextDecoder().decode(bytes);
 }
 
 /** The first field where two JSON texts differ, as `path: rank 0 has X, this rank has Y`. */

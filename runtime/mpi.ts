@@ -126,6 +126,8 @@ class MpiCollective implements Collective {
   finalized = false;
   /** The collective in flight (or settled): the next one starts after it. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Collectives queued or in flight. */
+  private pending = 0;
 
   constructor(private lib: MpiLibrary, private maxChunkBytes: number) {
     if (!(maxChunkBytes >= 4 && maxChunkBytes <= 0x7fffffff)) {
@@ -222,6 +224,11 @@ class MpiCollective implements Collective {
 
   finalize(): void {
     if (this.finalized) return;
+    if (this.pending > 0) {
+      throw new Error(
+        `finalize: ${this.pending} collective(s) still in flight: await them first`,
+      );
+    }
     this.finalized = true;
     this.check("MPI_Finalize", this.lib.symbols.MPI_Finalize());
   }
@@ -229,7 +236,8 @@ class MpiCollective implements Collective {
   /** Run `call` after the collectives already queued (one in MPI at a time, in call order). */
   private enqueue(call: () => Promise<void>): Promise<void> {
     if (this.finalized) return Promise.reject(new Error("MPI was finalized"));
-    const next = this.queue.then(call);
+    this.pending++;
+    const next = this.queue.then(call).finally(() => this.pending--);
     this.queue = next.catch(() => {});
     return next;
   }

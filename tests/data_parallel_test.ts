@@ -8,6 +8,7 @@ import { assertClose, gpuTest, testGpu } from "./util.ts";
 import { LocalCollective } from "../runtime/mpi.ts";
 import {
   assertSameConfig,
+  broadcastText,
   GradientSync,
   type GradientSyncOptions,
 } from "../models/data_parallel.ts";
@@ -40,7 +41,10 @@ async function twoRanksInProcess(options: GradientSyncOptions = {}) {
     new GradientSync(gpu, group[rank], mlp.parameters(), mlp.states(), options)
   );
   const initial = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
-  await Promise.all(syncs.map((s) => s.broadcastInitial()));
+  // Stands for the optimizer's velocity: rank-specific, broadcast with the weights.
+  const velocities = [0, 1].map((rank) => gpu.upload([rank + 0.5, 2 - rank], [2]));
+  await Promise.all(syncs.map((s, rank) => s.broadcastInitial([velocities[rank]])));
+  const velocitiesAfter = await Promise.all(velocities.map((v) => v.read()));
   const broadcast = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
   ranks.forEach(({ ctx, mlp }, rank) => accumulate(gpu, ctx, mlp, [rankData(rank)]));
   const before = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
@@ -52,7 +56,7 @@ async function twoRanksInProcess(options: GradientSyncOptions = {}) {
   const reference = tinyModel(gpu, 7);
   accumulate(gpu, reference.ctx, reference.mlp, [rankData(0), rankData(1)]);
   const single = await snapshot(gpu, reference.mlp);
-  return { initial, broadcast, before, after, results, lossesAfter, single };
+  return { initial, broadcast, velocitiesAfter, before, after, results, lossesAfter, single };
 }
 
 Deno.test({
@@ -63,6 +67,7 @@ Deno.test({
     for (const rank of [0, 1]) {
       assert.deepEqual(run.broadcast[rank].values, run.initial[0].values, `rank ${rank} weights`);
       assert.deepEqual(run.broadcast[rank].states, run.initial[0].states, `rank ${rank} states`);
+      assert.deepEqual([...run.velocitiesAfter[rank]], [0.5, 2], `rank ${rank} velocity`);
     }
     assert.notDeepEqual(run.initial[1].values, run.initial[0].values, "ranks started equal");
     assert.notDeepEqual(run.before[1].grads, run.before[0].grads, "ranks saw the same data");
@@ -103,10 +108,12 @@ Deno.test({
   },
 });
 
-Deno.test("assertSameConfig: equal configs pass; a differing one fails on every rank", async () => {
+Deno.test("assertSameConfig, broadcastText: equal configs pass; a differing one fails everywhere", async () => {
   const config = { batch: 32, loss: { kind: "triplet", temperature: 0.1 }, widths: [8, 16] };
   const same = LocalCollective.group(2);
   await Promise.all(same.map((c) => assertSameConfig(c, JSON.stringify(config))));
+  const texts0 = await Promise.all(same.map((c) => broadcastText(c, `from rank ${c.rank} é`)));
+  assert.deepEqual(texts0, ["from rank 0 é", "from rank 0 é"]);
 
   const group = LocalCollective.group(3);
   const texts = [config, config, { ...config, loss: { ...config.loss, temperature: 0.2 } }]

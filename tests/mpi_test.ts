@@ -21,10 +21,11 @@ interface CollectiveResult {
   floats: number[];
   bytes: number[];
   invalidRoot: string;
+  finalizeInFlight: string;
 }
 
 Deno.test({
-  name: "mpi: 2 ranks all-reduce (5 values; 1000 values in 64-byte chunks), broadcast, barrier",
+  name: "mpi: 2 ranks all-reduce (5 values; 1000 in 64-byte chunks), broadcast, barrier, errors",
   ...mpiTest,
   async fn() {
     const job = await runRanks(2, FIXTURE, ["collectives"]);
@@ -49,6 +50,9 @@ Deno.test({
         /MPI_Bcast failed \(MPI error \d+\): Invalid root/.test(result.invalidRoot),
         `${who}: an invalid root should be an MpiError naming it, got: ${result.invalidRoot}`,
       );
+    }
+    for (const result of byRank<CollectiveResult>(job.stdout, 2)) {
+      assert.match(result.finalizeInFlight, /finalize: 1 collective\(s\) still in flight/);
     }
     const rank0 = byRank<CollectiveResult>(job.stdout, 2)[0];
     // Rank 1 joins the first all-reduce 400 ms late; rank 0's 20 ms timer ran meanwhile.

@@ -34,6 +34,14 @@ if (scenario === "collectives") {
   } catch (error) {
     invalidRoot = error instanceof MpiError ? error.message : `not an MpiError: ${error}`;
   }
+  let finalizeInFlight = "";
+  const inFlight = mpi.barrier();
+  try {
+    mpi.finalize();
+  } catch (error) {
+    finalizeInFlight = (error as Error).message;
+  }
+  await inFlight;
   mpi.finalize();
   console.log(JSON.stringify({
     rank,
@@ -44,6 +52,7 @@ if (scenario === "collectives") {
     floats: [...floats],
     bytes: [...bytes],
     invalidRoot,
+    finalizeInFlight,
   }));
 } else if (["throw", "abort", "kill", "exit0"].includes(scenario)) {
   await mpi.barrier();
