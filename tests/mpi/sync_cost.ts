@@ -2,8 +2,9 @@
  * Measures GradientSync's host round trip per step (readback + all-reduce + upload) for the
  * online networks of the `small` preset (ResNet-18 widths 8-64, heads 64-512-64) and of
  * `resnet50-imagenet` (heads 2048-4096-256), and the all-reduce alone on host buffers of those
- * sizes. Run: `mpiexec -n 2 node_modules/deno/deno run -A tests/mpi/sync_cost.ts [steps]`;
- * rank 0 prints one JSON line per model. Not a test: numbers for BENCHMARKS.md.
+ * sizes. Run: `mpiexec -n 2 node_modules/deno/deno run -A tests/mpi/sync_cost.ts [steps]
+ * [presets...]`; rank 0 prints one JSON line per model (median and minimum over the steps). Not a
+ * test: numbers for BENCHMARKS.md.
  */
 import { acquireGpu } from "../../runtime/gpu.ts";
 import { Rng } from "../../runtime/random.ts";
@@ -15,16 +16,22 @@ import { GradientSync } from "../../models/data_parallel.ts";
 import { PRESETS } from "../../tasks/presets.ts";
 
 const steps = Number(Deno.args[0] ?? 10);
+const presets = Deno.args.length > 1 ? Deno.args.slice(1) : ["small", "resnet50-imagenet"];
 const mpi = openMpi();
 const gpu = await acquireGpu();
 
-function median(values: number[]): number {
+/** Median and minimum, rounded to 0.1 ms. */
+function stats(values: number[]): [number, number] {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
+  return [sorted[Math.floor(sorted.length / 2)], sorted[0]].map((v) => +v.toFixed(1)) as [
+    number,
+    number,
+  ];
 }
 
-for (const [preset, inChannels] of [["small", 1], ["resnet50-imagenet", 3]] as const) {
+for (const preset of presets) {
   const p = PRESETS[preset];
+  const inChannels = p.dataset === "fashion-mnist" || p.dataset === "mnist" ? 1 : 3;
   const config: SslModelConfig = {
     backbone: { arch: p.arch, inChannels, smallImage: p.smallImage, widths: p.widths },
     projectorHidden: p.projectorHidden,
@@ -58,20 +65,21 @@ for (const [preset, inChannels] of [["small", 1], ["resnet50-imagenet", 3]] as c
     if (step >= 2) alone.push(performance.now() - before);
   }
   if (mpi.rank === 0) {
-    const m = (key: keyof typeof rows[0]) => +median(rows.map((r) => r[key])).toFixed(1);
+    const of = (key: keyof typeof rows[0]) => stats(rows.map((r) => r[key]));
     console.log(JSON.stringify({
       preset,
       ranks: mpi.size,
+      steps,
       parameters: parameterCount(online),
       floatsPerStep: sync.floatsPerStep,
       megabytesPerStep: +(sync.floatsPerStep * 4 / 2 ** 20).toFixed(2),
-      medianMs: {
-        read: m("read"),
-        allReduce: m("reduce"),
-        uploadEncode: m("upload"),
-        uploadGpu: m("uploadGpu"),
-        total: +median(rows.map((r) => r.read + r.reduce + r.upload + r.uploadGpu)).toFixed(1),
-        allReduceAlone: +median(alone).toFixed(1),
+      medianAndMinMs: {
+        read: of("read"),
+        allReduce: of("reduce"),
+        uploadEncode: of("upload"),
+        uploadGpu: of("uploadGpu"),
+        total: stats(rows.map((r) => r.read + r.reduce + r.upload + r.uploadGpu)),
+        allReduceAlone: stats(alone),
       },
     }));
   }
