@@ -3,9 +3,11 @@
  * initial weights go to every rank, and after each step's backward the gradients are averaged
  * over the ranks, so LARS and EMA then run identically everywhere and the ranks' models stay equal.
  *
- * Host round trip per step: one readback per bucket (a readback costs a fixed ~11 ms on lavapipe
- * whatever its size, so gradients, running statistics and the loss slots travel together in as few
- * buckets as the adapter's buffer limit allows), one all-reduce per bucket, one upload per bucket.
+ * Host round trip per step: one readback per bucket (each readback costs a fixed ~11 ms on
+ * lavapipe on top of the copy, so gradients, running statistics and the loss slots travel together
+ * in as few buckets as the adapter's buffer limit allows), one all-reduce per bucket, one upload
+ * per bucket. Nothing overlaps the backward: the round trip starts once the step's last gradient
+ * is written.
  *
  * BatchNorm: there is no SyncBN. Each rank normalises with the statistics of its own micro-batch
  * (as one process with `--accum N` does for each of its micro-batches), so each rank's running
@@ -57,6 +59,20 @@ interface Slot {
 }
 
 /**
+ * Staging buffers and the host copy of one bucket, kept from step to step: fresh buffers of
+ * ResNet-50's 134 MiB every step cost their first-touch page faults three times over (about 1.3 s
+ * each on the shared 2-core test VM; tens of milliseconds on an idle machine).
+ */
+interface BucketBuffers {
+  floats: number;
+  readStaging: GPUBuffer;
+  writeStaging: GPUBuffer;
+  /** Resolves once writeStaging is mapped for writing again (after the last step's copies). */
+  writable: Promise<void>;
+  host: Float32Array;
+}
+
+/**
  * Averages gradients (and combines BatchNorm running statistics) over the ranks of a collective.
  * Every rank must make the same calls in the same order.
  */
@@ -64,6 +80,8 @@ export class GradientSync {
   private maxBucketBytes: number;
   /** States as all ranks held them after the last synchronisation (sequential mode). */
   private previousStates: Float32Array[] | undefined;
+  /** Per bucket of {@link allReduce}, reused while the buckets keep their sizes. */
+  private stepBuffers: BucketBuffers[] = [];
 
   constructor(
     readonly gpu: Gpu,
@@ -132,9 +150,30 @@ export class GradientSync {
       ...extras.map((tensor, index) => ({ tensor, kind: "extra" as const, index })),
     ];
     const buckets = this.buckets(slots);
+    const buffers = buckets.map((bucket, b) => this.bucketBuffers(b, floatsIn(bucket)));
     const t0 = performance.now();
-    const flats: Float32Array[] = [];
-    for (const bucket of buckets) flats.push(await this.readBucket(bucket));
+    // Every bucket's copies in one submission, then one wait for all of them.
+    const encoder = this.gpu.currentEncoder();
+    buckets.forEach((bucket, b) => {
+      let offset = 0;
+      for (const { tensor } of bucket) {
+        encoder.copyBufferToBuffer(
+          tensor.buffer,
+          tensor.byteOffset,
+          buffers[b].readStaging,
+          offset * 4,
+          tensor.byteLength,
+        );
+        offset += tensor.size;
+      }
+    });
+    this.gpu.flush();
+    await Promise.all(buffers.map((s) => s.readStaging.mapAsync(GPUMapMode.READ, 0, s.floats * 4)));
+    for (const s of buffers) {
+      s.host.set(new Float32Array(s.readStaging.getMappedRange(0, s.floats * 4)));
+      s.readStaging.unmap();
+    }
+    const flats = buffers.map((s) => s.host);
     const t1 = performance.now();
     const { rank, size } = this.collective;
     const meanScale = 1 / size;
@@ -168,7 +207,19 @@ export class GradientSync {
       }
     }
     const t2 = performance.now();
-    buckets.forEach((bucket, b) => this.uploadBucket(bucket, flats[b]));
+    for (let b = 0; b < buckets.length; b++) {
+      const s = buffers[b];
+      await s.writable;
+      new Float32Array(s.writeStaging.getMappedRange(0, s.floats * 4)).set(s.host);
+      s.writeStaging.unmap();
+      this.encodeScatter(buckets[b], s.writeStaging);
+    }
+    // Submit the copies, then map the staging buffers for the next step once they ran.
+    this.gpu.flush();
+    for (const s of buffers) {
+      s.writable = s.writeStaging.mapAsync(GPUMapMode.WRITE, 0, s.floats * 4);
+      s.writable.catch(() => {}); // a failure surfaces when the next step awaits it
+    }
     const t3 = performance.now();
     return { readMs: t1 - t0, reduceMs: t2 - t1, uploadMs: t3 - t2, extras: extraValues };
   }
@@ -205,7 +256,7 @@ export class GradientSync {
     return new Float32Array(views[0].buffer, 0, floatsIn(bucket));
   }
 
-  /** One staging buffer for the bucket, then a GPU copy into each tensor. */
+  /** One-off upload (broadcastInitial): a staging buffer for the bucket, then its copies. */
   private uploadBucket(bucket: Slot[], flat: Float32Array): void {
     // A plain COPY_SRC buffer (not a pooled tensor), so a bucket may exceed the storage binding
     // limit (128 MiB on lavapipe; ResNet-50's online gradients are 134 MiB).
@@ -216,6 +267,14 @@ export class GradientSync {
     });
     new Float32Array(staging.getMappedRange()).set(flat);
     staging.unmap();
+    this.encodeScatter(bucket, staging);
+    // Submit the copies; the buffer is freed once they ran.
+    this.gpu.flush();
+    staging.destroy();
+  }
+
+  /** Copy a staging buffer holding the bucket back to back into each of its tensors. */
+  private encodeScatter(bucket: Slot[], staging: GPUBuffer): void {
     const encoder = this.gpu.currentEncoder();
     let offset = 0;
     for (const { tensor } of bucket) {
@@ -228,9 +287,36 @@ export class GradientSync {
       );
       offset += tensor.size;
     }
-    // Submit the copies; the buffer is freed once they ran.
-    this.gpu.flush();
-    staging.destroy();
+  }
+
+  /** Bucket b's reusable buffers, (re)made when its size changed. */
+  private bucketBuffers(b: number, floats: number): BucketBuffers {
+    const existing = this.stepBuffers[b];
+    if (existing?.floats === floats) return existing;
+    if (existing) destroyBuffers(existing);
+    const device = this.gpu.device;
+    const created: BucketBuffers = {
+      floats,
+      readStaging: device.createBuffer({
+        size: floats * 4,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }),
+      writeStaging: device.createBuffer({
+        size: floats * 4,
+        usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,
+        mappedAtCreation: true,
+      }),
+      writable: Promise.resolve(),
+      host: new Float32Array(floats),
+    };
+    this.stepBuffers[b] = created;
+    return created;
+  }
+
+  /** Free the staging buffers (the GradientSync stays usable: they are made again). */
+  destroy(): void {
+    for (const buffers of this.stepBuffers) destroyBuffers(buffers);
+    this.stepBuffers = [];
   }
 
   private forEachState(
@@ -246,6 +332,11 @@ export class GradientSync {
       offset += slot.tensor.size;
     }
   }
+}
+
+function destroyBuffers(buffers: BucketBuffers): void {
+  buffers.readStaging.destroy();
+  buffers.writeStaging.destroy();
 }
 
 function floatsIn(bucket: Slot[]): number {

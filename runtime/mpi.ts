@@ -16,6 +16,11 @@
  * flight) and require at least MPI_THREAD_SERIALIZED; collectives are queued so that at most one
  * is in MPI at a time, in the order they were called (MPI requires every rank to issue
  * collectives in the same order).
+ *
+ * Faults (MPICH 4.0.2's mpiexec, "hydra"): a rank that throws (exit 1), calls `abort`, or is killed
+ * makes mpiexec end every rank within about a second, with a non-zero exit code. A rank that ends
+ * with code 0 before `finalize` would make mpiexec stop the others silently and report success, so
+ * {@link openMpi} turns that case into an abort.
  */
 
 /** A group of processes that reduce and broadcast host buffers together. */

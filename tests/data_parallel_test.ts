@@ -56,7 +56,19 @@ async function twoRanksInProcess(options: GradientSyncOptions = {}) {
   const reference = tinyModel(gpu, 7);
   accumulate(gpu, reference.ctx, reference.mlp, [rankData(0), rankData(1)]);
   const single = await snapshot(gpu, reference.mlp);
-  return { initial, broadcast, velocitiesAfter, before, after, results, lossesAfter, single };
+  return {
+    gpu,
+    ranks,
+    syncs,
+    initial,
+    broadcast,
+    velocitiesAfter,
+    before,
+    after,
+    results,
+    lossesAfter,
+    single,
+  };
 }
 
 Deno.test({
@@ -85,6 +97,19 @@ Deno.test({
     assert.deepEqual(run.after[1].grads, run.after[0].grads, "ranks' gradients differ");
     // The mean of the ranks' gradients is the gradient of one process with --accum 2.
     assertAllClose(run.after[0].grads, run.single.grads, ACCUM_TOL, "vs one process, accum 2");
+
+    // A second step reuses the staging buffers (mapped again after the first step's upload).
+    const { gpu, ranks, syncs } = run;
+    ranks.forEach(({ ctx, mlp }, rank) => accumulate(gpu, ctx, mlp, [rankData(rank + 2)]));
+    const before = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
+    await Promise.all(syncs.map((s) => s.allReduce()));
+    const after = await Promise.all(ranks.map(({ mlp }) => snapshot(gpu, mlp)));
+    assert.notDeepEqual(before[0].grads, run.before[0].grads, "second step, same gradients");
+    for (const rank of [0, 1]) {
+      const mean = mean2(before[0].grads, before[1].grads);
+      assertAllClose(after[rank].grads, mean, SUM_TOL, `step 2, rank ${rank} gradient`);
+    }
+    syncs.forEach((s) => s.destroy());
   },
 });
 
