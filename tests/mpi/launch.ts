@@ -11,6 +11,9 @@ export const hasMpiexec: boolean = (() => {
     return false;
   }
 })();
+if (!hasMpiexec) {
+  console.warn("mpiexec not found: the mpiexec tests are ignored (`apt-get install mpich`)");
+}
 
 /** How a job ended. */
 export interface JobResult {
