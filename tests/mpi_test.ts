@@ -20,6 +20,7 @@ interface CollectiveResult {
   large: number[];
   floats: number[];
   bytes: number[];
+  barrierWaitMs: number;
   invalidRoot: string;
   finalizeInFlight: string;
 }
@@ -57,6 +58,8 @@ Deno.test({
     const rank0 = byRank<CollectiveResult>(job.stdout, 2)[0];
     // Rank 1 joins the first all-reduce 400 ms late; rank 0's 20 ms timer ran meanwhile.
     assert(rank0.ticksDuringWait >= 5, `event loop blocked: ${rank0.ticksDuringWait} ticks`);
+    // Rank 1 enters the barrier 300 ms late (timers may fire a little early: 250 ms).
+    assert(rank0.barrierWaitMs >= 250, `rank 0 left the barrier after ${rank0.barrierWaitMs} ms`);
   },
 });
 

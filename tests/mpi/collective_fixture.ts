@@ -27,7 +27,11 @@ if (scenario === "collectives") {
   await mpi.broadcast(floats, 1);
   const bytes = Uint8Array.from({ length: 301 }, (_, i) => rank === 1 ? i % 251 : 0);
   await mpi.broadcast(bytes, 1);
+  // Rank 1 enters the barrier 300 ms late: rank 0 must wait for it.
+  if (rank === 1) await new Promise((resolve) => setTimeout(resolve, 300));
+  const barrierStart = performance.now();
   await mpi.barrier();
+  const barrierWaitMs = performance.now() - barrierStart;
   let invalidRoot = "";
   try {
     await mpi.broadcast(new Uint8Array(4), size + 3);
@@ -51,6 +55,7 @@ if (scenario === "collectives") {
     large: [...large],
     floats: [...floats],
     bytes: [...bytes],
+    barrierWaitMs,
     invalidRoot,
     finalizeInFlight,
   }));
