@@ -133,6 +133,8 @@ class MpiCollective implements Collective {
   private queue: Promise<unknown> = Promise.resolve();
   /** Collectives queued or in flight. */
   private pending = 0;
+  /** MPI_IN_PLACE, `(void *) -1` in MPICH's mpi.h (made here, not at import: FFI permission). */
+  private inPlace = Deno.UnsafePointer.create(0xffffffffffffffffn);
 
   constructor(private lib: MpiLibrary, private maxChunkBytes: number) {
     if (!(maxChunkBytes >= 4 && maxChunkBytes <= 0x7fffffff)) {
@@ -186,7 +188,7 @@ class MpiCollective implements Collective {
       for (let start = 0; start < data.length; start += chunk) {
         const part = data.subarray(start, Math.min(data.length, start + chunk));
         const code = await this.lib.symbols.MPI_Allreduce(
-          MPI_IN_PLACE,
+          this.inPlace,
           Deno.UnsafePointer.of(part),
           part.length,
           MPI_FLOAT,
@@ -258,9 +260,6 @@ class MpiCollective implements Collective {
     throw new MpiError(call, code, detail);
   }
 }
-
-/** MPI_IN_PLACE is `(void *) -1` in MPICH's mpi.h. */
-const MPI_IN_PLACE = Deno.UnsafePointer.create(0xffffffffffffffffn);
 
 /**
  * An in-process group of collectives with MPI's semantics (no MPI needed): `LocalCollective.group(n)`

@@ -88,6 +88,17 @@ for (
   });
 }
 
+Deno.test("mpi: importing runtime/mpi.ts needs no permission and opens no library", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", new URL("./mpi/import_only.ts", import.meta.url).pathname],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, stderr);
+  assert.match(new TextDecoder().decode(out.stdout), /LocalCollective,.*openMpi/);
+});
+
 Deno.test("mpi: a missing MPI library is one message naming the package", () => {
   let message = "";
   try {
