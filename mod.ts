@@ -117,6 +117,7 @@ export {
   Conv2d,
   GlobalAvgPool,
   Linear,
+  type LinearInit,
   MaxPool,
   type Mode,
   type Module,
@@ -134,7 +135,7 @@ export {
   scaledWidths,
 } from "./models/resnet.ts";
 /** Projector / predictor MLPs. */
-export { Mlp, type MlpConfig } from "./models/heads.ts";
+export { type HeadInit, linearInit, Mlp, type MlpConfig } from "./models/heads.ts";
 /** The online/target pair and its training step (loss, backward, LARS, EMA). */
 export {
   Branch,
