@@ -105,7 +105,7 @@ export { emaUpdate, momentumAt } from "./kernels/ema.ts";
 /** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
 export { type LarsOptions, larsStep, type SgdOptions, sgdStep } from "./kernels/optimizer.ts";
 /** Weighted kNN vote (the kNN monitor). */
-export { knnScores } from "./kernels/knn.ts";
+export { type KnnCandidates, knnMerge, knnScores, knnVote } from "./kernels/knn.ts";
 /** Softmax cross-entropy with its gradient (linear probe). */
 export { softmaxCrossEntropy } from "./kernels/softmax_xent.ts";
 
@@ -167,7 +167,11 @@ export {
   type EvaluationOptions,
   type EvaluationResult,
   extractFeatures,
+  FeatureSet,
+  type FlatFeatures,
   knnAccuracy,
+  knnClassify,
+  type KnnOptions,
   linearProbe,
 } from "./models/evaluate.ts";
 
