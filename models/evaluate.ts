@@ -3,7 +3,7 @@
  * the kNN monitor (cosine, k = 200, votes exp(sim / 0.1)) and the linear probe (one Linear layer,
  * SGD momentum 0.9, no weight decay, cosine schedule, top-1 / top-5).
  */
-import type { Gpu } from "../runtime/gpu.ts";
+import type { Gpu, Tensor } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
 import { matmul } from "../kernels/matmul.ts";
 import {
@@ -80,7 +80,7 @@ export class FeatureSet {
     const blocks: Float32Array[] = [];
     for (let start = 0; start < labels.length; start += blockRows) {
       const end = Math.min(start + blockRows, labels.length);
-      blocks.push(features.slice(start * dim, end * dim));
+      blocks.push(features.subarray(start * dim, end * dim)); // views: no copy
     }
     return new FeatureSet(dim, labels, blocks, blockRows);
   }
@@ -104,19 +104,21 @@ export class FeatureSet {
   }
 
   /**
-   * All rows as one array (for small sets: writing .npy, tests). A set bigger than one array
-   * may be (2^31 bytes here) throws; read it by blocks instead.
+   * All rows as one array (writing .npy, tests): the single block itself, else a copy, which
+   * for a bank of millions of rows may be more than the engine or the host can allocate.
    */
   get features(): Float32Array {
     if (this.blocks.length === 1) return this.blocks[0];
-    const bytes = this.length * this.dim * 4;
-    if (bytes > 2 ** 31) {
+    let out: Float32Array;
+    try {
+      out = new Float32Array(this.length * this.dim);
+    } catch (e) {
+      const gib = (this.length * this.dim * 4 / 2 ** 30).toFixed(1);
       throw new Error(
-        `FeatureSet: ${this.length} x ${this.dim} features (${(bytes / 2 ** 30).toFixed(1)} GiB) ` +
-          "are too many for one array; read them block by block (blocks, row)",
+        `FeatureSet: ${this.length} x ${this.dim} features (${gib} GiB) do not fit one array ` +
+          `(${(e as Error).message}); read them block by block (blocks, row)`,
       );
     }
-    const out = new Float32Array(this.length * this.dim);
     this.blocks.forEach((b, i) => out.set(b, this.blockRange(i)[0] * this.dim));
     return out;
   }
@@ -259,6 +261,12 @@ export async function knnClassify(
   const scores = options.keepScores ? new Float32Array(testCount * classes) : undefined;
   if (testCount === 0) return { predictions, scores };
   if (bank.length === 0) throw new Error("kNN: the bank is empty");
+  for (const name of ["blockRows", "queryRows"] as const) {
+    const value = options[name];
+    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
+      throw new Error(`kNN: ${name} = ${value} must be a positive integer`);
+    }
+  }
   const limit = Math.min(gpu.maxBindingBytes, KNN_TENSOR_BYTES);
   const rowsFitting = Math.floor(limit / (4 * Math.max(dim, classes, k)));
   if (rowsFitting < 1) throw new Error(`kNN: one feature row of ${dim} floats exceeds ${limit} B`);
@@ -272,56 +280,60 @@ export async function knnClassify(
     ),
   );
   // Every chunk of queries keeps its unit rows and its candidates (two pairs, ping-ponged).
-  const chunks = [];
-  for (let start = 0; start < testCount; start += queryRows) {
-    const rows = Math.min(queryRows, testCount - start);
-    const pair = () => ({ values: gpu.empty([rows, k]), labels: gpu.empty([rows, k], "u32") });
-    chunks.push({
-      start,
-      rows,
-      queries: gpu.upload(normalisedRows(test, start, start + rows), [rows, dim]),
-      candidates: { ...pair(), count: 0 } as KnnCandidates,
-      spare: pair(),
-    });
-  }
-  for (let b = 0; b < bank.blocks.length; b++) {
-    const [blockStart, blockEnd] = bank.blockRange(b);
-    for (let start = blockStart; start < blockEnd; start += blockCols) {
-      const end = Math.min(start + blockCols, blockEnd);
-      const bankRows = gpu.upload(normalisedRows(bank, start, end), [end - start, dim]);
-      const bankLabels = gpu.upload(bank.labels.subarray(start, end), [end - start], "u32");
-      for (const chunk of chunks) {
-        const sim = gpu.empty([chunk.rows, end - start]);
-        matmul(gpu, chunk.queries, bankRows, sim, { transposeB: true });
-        const merged = knnMerge(gpu, sim, bankLabels, chunk.candidates, chunk.spare, k);
-        chunk.spare = { values: chunk.candidates.values, labels: chunk.candidates.labels };
-        chunk.candidates = merged;
-        sim.release();
+  const chunks: {
+    start: number;
+    rows: number;
+    queries: Tensor;
+    candidates: KnnCandidates;
+    spare: { values: Tensor; labels: Tensor };
+  }[] = [];
+  try {
+    for (let start = 0; start < testCount; start += queryRows) {
+      const rows = Math.min(queryRows, testCount - start);
+      const pair = () => ({ values: gpu.empty([rows, k]), labels: gpu.empty([rows, k], "u32") });
+      chunks.push({
+        start,
+        rows,
+        queries: gpu.upload(normalisedRows(test, start, start + rows), [rows, dim]),
+        candidates: { ...pair(), count: 0 },
+        spare: pair(),
+      });
+    }
+    for (let b = 0; b < bank.blocks.length; b++) {
+      const [blockStart, blockEnd] = bank.blockRange(b);
+      for (let start = blockStart; start < blockEnd; start += blockCols) {
+        const end = Math.min(start + blockCols, blockEnd);
+        const bankRows = gpu.upload(normalisedRows(bank, start, end), [end - start, dim]);
+        const bankLabels = gpu.upload(bank.labels.subarray(start, end), [end - start], "u32");
+        for (const chunk of chunks) {
+          const sim = gpu.empty([chunk.rows, end - start]);
+          matmul(gpu, chunk.queries, bankRows, sim, { transposeB: true });
+          const merged = knnMerge(gpu, sim, bankLabels, chunk.candidates, chunk.spare, k);
+          chunk.spare = { values: chunk.candidates.values, labels: chunk.candidates.labels };
+          chunk.candidates = merged;
+          sim.release();
+        }
+        bankRows.release();
+        bankLabels.release();
+        // Submit per block, so that upload staging buffers do not pile up over many blocks.
+        gpu.flush();
       }
-      bankRows.release();
-      bankLabels.release();
-      // Submit per block, so that upload staging buffers do not pile up over many blocks.
-      gpu.flush();
     }
-  }
-  for (const chunk of chunks) {
-    const chunkScores = gpu.empty([chunk.rows, classes]);
-    knnVote(gpu, chunk.candidates, chunkScores, { classes, temperature: options.temperature });
-    const [values] = await gpu.read([chunkScores]);
-    for (let r = 0; r < chunk.rows; r++) {
-      predictions[chunk.start + r] = argmax(values, r * classes, classes);
+    for (const chunk of chunks) {
+      const chunkScores = gpu.empty([chunk.rows, classes]);
+      knnVote(gpu, chunk.candidates, chunkScores, { classes, temperature: options.temperature });
+      const [values] = await gpu.read([chunkScores]);
+      chunkScores.release();
+      for (let r = 0; r < chunk.rows; r++) {
+        predictions[chunk.start + r] = argmax(values, r * classes, classes);
+      }
+      scores?.set(values, chunk.start * classes);
     }
-    scores?.set(values, chunk.start * classes);
-    for (
-      const t of [
-        chunkScores,
-        chunk.queries,
-        chunk.candidates.values,
-        chunk.candidates.labels,
-        chunk.spare.values,
-        chunk.spare.labels,
-      ]
-    ) t.release();
+  } finally {
+    for (const c of chunks) {
+      for (const t of [c.queries, c.candidates.values, c.candidates.labels]) t.release();
+      for (const t of [c.spare.values, c.spare.labels]) t.release();
+    }
   }
   return { predictions, scores };
 }

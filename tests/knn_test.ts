@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
 import { knnMerge, knnScores, knnVote } from "../kernels/knn.ts";
 import { matmul } from "../kernels/matmul.ts";
-import { FeatureSet, knnAccuracy, knnClassify, linearProbe } from "../models/evaluate.ts";
+import {
+  FeatureSet,
+  knnAccuracy,
+  knnClassify,
+  type KnnOptions,
+  linearProbe,
+} from "../models/evaluate.ts";
 
 /** float64 reference: stable sort by similarity descending, ties by bank index. */
 function knnReference(
@@ -346,5 +352,19 @@ Deno.test({
     );
     assert.deepEqual(blocked, flat);
     assert.ok(flat.top1 > 0.45, `probe top-1 ${flat.top1}, chance 0.33`);
+  },
+});
+
+Deno.test({
+  name: "knn classify: bad block sizes and k are refused by name",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const set = syntheticFeatures(10, 4, 2, 1);
+    const run = (options: Partial<KnnOptions>) =>
+      knnClassify(gpu, set, set, 2, { k: 3, temperature: 0.1, ...options });
+    await assert.rejects(run({ blockRows: 0 }), /blockRows = 0 must be a positive integer/);
+    await assert.rejects(run({ queryRows: 2.5 }), /queryRows = 2.5 must be a positive integer/);
+    await assert.rejects(run({ k: 0 }), /k = 0 must be an integer in 1..1024/);
   },
 });
