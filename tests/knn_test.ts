@@ -2,8 +2,13 @@ import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
 import { knnMerge, knnScores, knnVote } from "../kernels/knn.ts";
 import { matmul } from "../kernels/matmul.ts";
+import { Context } from "../models/layers.ts";
+import { ResNet } from "../models/resnet.ts";
 import {
+  evaluateBackbone,
+  extractFeatures,
   FeatureSet,
+  type ImageSource,
   knnAccuracy,
   knnClassify,
   type KnnOptions,
@@ -366,5 +371,70 @@ Deno.test({
     await assert.rejects(run({ blockRows: 0 }), /blockRows = 0 must be a positive integer/);
     await assert.rejects(run({ queryRows: 2.5 }), /queryRows = 2.5 must be a positive integer/);
     await assert.rejects(run({ k: 0 }), /k = 0 must be an integer in 1..1024/);
+  },
+});
+
+Deno.test({
+  name: "evaluate: a backbone's bank extracted and searched in blocks of 5 = in one block",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const backbone = new ResNet(new Context(gpu), {
+      arch: "resnet18",
+      inChannels: 1,
+      smallImage: true,
+      widths: [4, 8, 16, 32],
+    }, new Rng(2));
+    const source = (length: number, seed: number): ImageSource => {
+      const rng = new Rng(seed);
+      const pixels = Uint8Array.from({ length: length * 64 }, () => Math.floor(rng.next() * 256));
+      const labels = Int32Array.from({ length }, (_, i) => i % 3);
+      return {
+        length,
+        classes: 3,
+        height: 8,
+        width: 8,
+        channels: 1,
+        mean: [0.5],
+        std: [0.25],
+        batch: (indices) =>
+          Promise.resolve({
+            pixels: Uint8Array.from(
+              Array.from(indices).flatMap((i) => Array.from(pixels.subarray(i * 64, i * 64 + 64))),
+            ),
+            labels: Int32Array.from(Array.from(indices), (i) => labels[i]),
+          }),
+      };
+    };
+    const train = source(40, 1);
+    const test = source(12, 2);
+    const indices = Array.from({ length: 40 }, (_, i) => i);
+    // Batches of 7 straddle blocks of 5.
+    const blocked = await extractFeatures(gpu, backbone, train, indices, 7, undefined, 5);
+    const whole = await extractFeatures(gpu, backbone, train, indices, 7);
+    assert.equal(blocked.blocks.length, 8);
+    assert.equal(whole.blocks.length, 1);
+    assert.deepEqual(blocked.features, whole.features);
+    assert.deepEqual(blocked.labels, whole.labels);
+    const options = {
+      knnK: 10,
+      knnTemperature: 0.1,
+      bankSize: 0,
+      testSize: 0,
+      probeEpochs: 2,
+      probeLr: 0.1,
+      probeBatch: 8,
+      seed: 1,
+      batchSize: 7,
+    };
+    const one = await evaluateBackbone(gpu, backbone, train, test, options);
+    const many = await evaluateBackbone(gpu, backbone, train, test, {
+      ...options,
+      knnBlockRows: 5,
+    });
+    assert.equal(many.knnTop1, one.knnTop1);
+    assert.equal(many.linearTop1, one.linearTop1);
+    assert.equal(many.linearTop5, one.linearTop5);
+    for (const p of backbone.parameters()) p.value.release();
   },
 });
