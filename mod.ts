@@ -105,7 +105,7 @@ export { emaUpdate } from "./kernels/ema.ts";
 /** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
 export { type LarsOptions, larsStep, type SgdOptions, sgdStep } from "./kernels/optimizer.ts";
 /** Weighted kNN vote (the kNN monitor). */
-export { knnScores } from "./kernels/knn.ts";
+export { type KnnCandidates, knnMerge, knnScores, knnVote } from "./kernels/knn.ts";
 /** Softmax cross-entropy with its gradient (linear probe). */
 export { softmaxCrossEntropy } from "./kernels/softmax_xent.ts";
 
@@ -117,6 +117,7 @@ export {
   Conv2d,
   GlobalAvgPool,
   Linear,
+  type LinearInit,
   MaxPool,
   type Mode,
   type Module,
@@ -134,7 +135,7 @@ export {
   scaledWidths,
 } from "./models/resnet.ts";
 /** Projector / predictor MLPs. */
-export { Mlp, type MlpConfig } from "./models/heads.ts";
+export { type HeadInit, linearInit, Mlp, type MlpConfig } from "./models/heads.ts";
 /** The SSL objectives: truncated triplet (smoothed rank-k, rank-k, median, hardest), BYOL, InfoNCE. */
 export {
   deputyWindow,
@@ -183,7 +184,11 @@ export {
   type EvaluationOptions,
   type EvaluationResult,
   extractFeatures,
+  FeatureSet,
+  type FlatFeatures,
   knnAccuracy,
+  knnClassify,
+  type KnnOptions,
   linearProbe,
 } from "./models/evaluate.ts";
 

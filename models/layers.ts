@@ -318,6 +318,13 @@ export class BatchNorm implements Module {
   }
 }
 
+/**
+ * How a Linear layer starts: torch's default (weight and bias uniform in +-1/sqrt(in)), or
+ * weights Normal(0, std) with biases 0 (the released code's heads: mmcv's kaiming_init and
+ * normal_init).
+ */
+export type LinearInit = { kind: "torch-default" } | { kind: "normal"; std: number };
+
 /** Fully connected layer, weight [out, in] as in torch; init as torch's default (uniform). */
 export class Linear implements Module {
   readonly weight: Parameter;
@@ -332,14 +339,18 @@ export class Linear implements Module {
     readonly outFeatures: number,
     rng: Rng,
     withBias = true,
+    init: LinearInit = { kind: "torch-default" },
   ) {
     const bound = 1 / Math.sqrt(inFeatures);
-    const w = new Float32Array(inFeatures * outFeatures);
-    for (let i = 0; i < w.length; i++) w[i] = rng.uniform(-bound, bound);
+    const w = init.kind === "normal"
+      ? rng.normals(inFeatures * outFeatures, init.std)
+      : Float32Array.from({ length: inFeatures * outFeatures }, () => rng.uniform(-bound, bound));
     this.weight = newParameter(ctx.gpu, `${name}.weight`, w, [outFeatures, inFeatures], false);
     if (withBias) {
       const b = new Float32Array(outFeatures);
-      for (let i = 0; i < b.length; i++) b[i] = rng.uniform(-bound, bound);
+      if (init.kind === "torch-default") {
+        for (let i = 0; i < b.length; i++) b[i] = rng.uniform(-bound, bound);
+      }
       this.bias = newParameter(ctx.gpu, `${name}.bias`, b, [outFeatures], true);
     }
   }

@@ -27,6 +27,12 @@ export interface SslModelConfig {
   projectorOut: number;
   predictorHidden: number;
   loss: LossConfig;
+  /**
+   * How the projector and predictor Linear layers start: `torch-default` (the default; torch's
+   * uniform +-1/sqrt(fan_in)) or `released` (the released code: projector Kaiming-normal fan-in,
+   * predictor Normal(0, 0.01), biases 0). The backbone's init is the same either way.
+   */
+  headInit?: "torch-default" | "released";
 }
 
 /** Optimiser settings (METHOD.md "Optimisation"). */
@@ -56,17 +62,24 @@ export class Branch implements Module {
     withPredictor: boolean,
     rng: Rng,
   ) {
+    const headInit = config.headInit ?? "torch-default";
+    if (headInit !== "torch-default" && headInit !== "released") {
+      throw new Error(`headInit "${headInit}" is not "torch-default" or "released"`);
+    }
+    const released = headInit === "released";
     this.backbone = new ResNet(ctx, config.backbone, rng);
     this.projector = new Mlp(ctx, "projector", {
       inFeatures: this.backbone.featureDim,
       hidden: config.projectorHidden,
       outFeatures: config.projectorOut,
+      init: released ? "kaiming-fan-in" : "torch-default",
     }, rng);
     if (withPredictor) {
       this.predictor = new Mlp(ctx, "predictor", {
         inFeatures: config.projectorOut,
         hidden: config.predictorHidden,
         outFeatures: config.projectorOut,
+        init: released ? "normal-0.01" : "torch-default",
       }, rng);
     }
   }

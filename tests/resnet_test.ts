@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { gpuTest, testGpu } from "./util.ts";
+import { assertClose, gpuTest, testGpu } from "./util.ts";
+import { byolReference } from "./ssl_loss_reference.ts";
 import { Context } from "../models/layers.ts";
 import { parameterCount, ResNet, scaledWidths } from "../models/resnet.ts";
 import { Rng } from "../runtime/random.ts";
@@ -84,6 +85,19 @@ Deno.test({
     const view2 = gpu.upload(rng.normals(2 * 32 * 32 * 3), [2, 32, 32, 3]);
     const lossOut = gpu.empty([2]);
     const before = await model.online.parameters()[0].value.read();
+    // The step's own outputs, computed first without updating anything: online predictions p
+    // (batch statistics, as in the step) and target projections z.
+    const online = model.online;
+    online.ctx.mode = "no-grad-train";
+    const [p1, p2, z1, z2] = await gpu.read([
+      online.forward(view1, true),
+      online.forward(view2, true),
+      model.target.forward(view1, false),
+      model.target.forward(view2, false),
+    ]);
+    online.ctx.releaseActivations();
+    model.target.ctx.releaseActivations();
+    online.ctx.mode = "train";
     model.step([{ view1, view2 }], 0.1, 0.99, lossOut);
     const params = model.online.parameters();
     const [losses, after, stemGrad, lastGrad] = await gpu.read([
@@ -92,7 +106,21 @@ Deno.test({
       params[0].grad,
       params.at(-1)!.grad,
     ]);
-    for (const l of losses) assert.ok(l >= 0 && l <= 4, `BYOL loss ${l} outside [0, 4]`);
+    // BYOL (2 - 2 cos, batch mean) in float64 from those outputs: slot 0 is p1 against z2, slot 1
+    // p2 against z1. The predictor's last bias receives the sum over rows of both directions'
+    // dL/dp (one micro-batch: no scaling).
+    const d12 = byolReference(p1, z2, 2, 32);
+    const d21 = byolReference(p2, z1, 2, 32);
+    assertClose(
+      losses,
+      [d12.loss, d21.loss],
+      { atol: 1e-5, rtol: 1e-5 },
+      "BYOL loss per direction",
+    );
+    assert.equal(params.at(-1)!.name, "predictor.3.bias");
+    const biasGrad = new Float64Array(32);
+    for (let i = 0; i < 2 * 32; i++) biasGrad[i % 32] += d12.dp[i] + d21.dp[i];
+    assertClose(lastGrad, biasGrad, { atol: 1e-6, rtol: 1e-4 }, "predictor.3.bias gradient");
     const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
     assert.ok(norm(stemGrad) > 0, "the stem conv received a gradient");
     assert.ok(norm(lastGrad) > 0, "the predictor's last layer received a gradient");
