@@ -50,6 +50,8 @@ export interface TrainConfig {
   projectorHidden: number;
   projectorOut: number;
   predictorHidden: number;
+  /** Head Linear inits: torch's default, or the released code's (Kaiming fan-in / N(0, 0.01)). */
+  headInit: "torch-default" | "released";
   loss: LossConfig;
   seed: number;
   /** Optimizer steps between loss log lines. */
@@ -62,6 +64,8 @@ export interface TrainConfig {
   knnBankSize: number;
   /** Test images evaluated (0: all). */
   evalTestSize: number;
+  /** kNN bank rows per block (undefined: as many as one storage binding holds). */
+  knnBlockRows?: number;
   /** Linear probe: epochs over the bank images, base lr at batch 256, batch. */
   probeEpochs: number;
   probeLr: number;
@@ -111,6 +115,8 @@ export const PRESETS: Record<string, TrainConfig> = {
       "practically unchanged: METHOD.md's view-1/view-2 blur asymmetry (p 1.0 / 0.1) is absent",
       "learning rate per step (linear warm-up from lr/W, then a cosine per step): the released " +
       "code's per-epoch cosine would stay flat over a run shorter than one epoch",
+      "heads initialised as torch's Linear default (the released code: projector Kaiming-normal " +
+      "fan-in, predictor Normal(0, 0.01), biases 0; kept for the recorded default run)",
       ...COMMON_DEVIATIONS,
     ],
     arch: "resnet18",
@@ -135,6 +141,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     projectorHidden: 512,
     projectorOut: 64,
     predictorHidden: 512,
+    headInit: "torch-default",
     loss: tripletLoss([11, 19]),
     seed: 0,
     logEvery: 10,
@@ -177,6 +184,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     projectorHidden: 4096,
     projectorOut: 256,
     predictorHidden: 4096,
+    headInit: "released",
     loss: tripletLoss(),
     seed: 0,
     logEvery: 20,

@@ -61,7 +61,9 @@ async function runConfig(flags: Flags): Promise<{ config: TrainConfig; outDir: s
     throw new UserError(`--resume ${resumeDir}: no config.json there (is it a run directory?)`);
   }
   const config = JSON.parse(saved) as TrainConfig;
-  config.lrSchedule ??= "per-step"; // runs written before the released shape existed
+  // Runs written before these fields existed.
+  config.lrSchedule ??= "per-step";
+  config.headInit ??= "torch-default";
   // A resumed run may be extended; everything else stays as it was.
   const epochs = positiveInt("epochs", flags.epochs as string | undefined);
   if (epochs !== undefined) [config.epochs, config.steps] = [epochs, undefined];

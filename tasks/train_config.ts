@@ -138,6 +138,11 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     preset: (p) => p.evalTestSize,
   },
   {
+    name: "eval-block-rows",
+    value: "N",
+    help: "kNN bank rows per GPU block (default: as many as one storage binding holds)",
+  },
+  {
     name: "probe-epochs",
     value: "N",
     help: "linear probe epochs at the end",
@@ -278,6 +283,8 @@ export function resolveConfig(flags: Flags): TrainConfig {
   config.logEvery = positiveInt("log-every", str("log-every")) ?? config.logEvery;
   config.knnBankSize = nonNegativeInt("eval-bank", str("eval-bank")) ?? config.knnBankSize;
   config.evalTestSize = nonNegativeInt("eval-test", str("eval-test")) ?? config.evalTestSize;
+  config.knnBlockRows = positiveInt("eval-block-rows", str("eval-block-rows")) ??
+    config.knnBlockRows;
   config.probeEpochs = nonNegativeInt("probe-epochs", str("probe-epochs")) ?? config.probeEpochs;
   if (flags["no-probe"]) config.probeEpochs = 0;
   if (str("widths") !== undefined) {
@@ -374,6 +381,7 @@ export function sslModelConfig(config: TrainConfig, channels: number): SslModelC
     projectorHidden: config.projectorHidden,
     projectorOut: config.projectorOut,
     predictorHidden: config.predictorHidden,
+    headInit: config.headInit,
     loss: config.loss,
   };
 }
@@ -397,6 +405,7 @@ export function evaluationOptions(
     probeBatch: config.probeBatch,
     seed: config.seed,
     batchSize: EVAL_FORWARD_BATCH,
+    knnBlockRows: config.knnBlockRows,
     // Only the overrides that are set.
     ...Object.fromEntries(Object.entries(overrides).filter(([, value]) => value !== undefined)),
   };

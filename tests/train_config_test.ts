@@ -63,6 +63,7 @@ Deno.test("train config: the resnet50-imagenet preset is the released recipe on 
     gamma: 2,
   });
   assert.equal(c.randomRescale, true);
+  assert.equal(c.headInit, "released");
   assert.equal(c.augment, "imagenet");
   assert.ok(c.deviations.some((d) => /downsample\.1\.weight/.test(d)), "LARS exclusion listed");
   assert.ok(c.deviations.some((d) => /linear probe on cached features/.test(d)), "probe listed");

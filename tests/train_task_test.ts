@@ -242,7 +242,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "train task: resnet50-imagenet preset runs 2 steps at batch 2 on a tiny image folder",
+  name: "train task: resnet50-imagenet preset trains 2 steps at batch 2 on a tiny image folder " +
+    "and evaluates with the kNN bank in several blocks",
   ...TEST,
   fn: async () => {
     const dir = await Deno.makeTempDir();
@@ -273,7 +274,8 @@ Deno.test({
       "1",
       "--image-size",
       "32",
-      "--no-probe",
+      "--eval-block-rows",
+      "4",
       "--out",
       `${dir}/run`,
     ]);
@@ -281,6 +283,12 @@ Deno.test({
     assert.match(r.stdout, /window \[2,10\] shrunk to \[1,1\]/);
     const summary = JSON.parse(await Deno.readTextFile(`${dir}/run/summary.json`));
     assert.equal(summary.steps, 2);
+    // Evaluated: kNN over a bank split into blocks of 4 rows, and the linear probe.
+    assert.ok(summary.knnTop1 >= 0 && summary.knnTop1 <= 1, `kNN ${summary.knnTop1}`);
+    assert.ok(summary.linearTop1 >= 0 && summary.linearTop1 <= 1, `probe ${summary.linearTop1}`);
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/run/config.json`));
+    assert.equal(config.knnBlockRows, 4);
+    assert.equal(config.headInit, "released");
     await Deno.remove(dir, { recursive: true });
   },
 });
