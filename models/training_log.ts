@@ -24,7 +24,14 @@ export interface FlushResult {
 
 /** Per-step losses kept on the GPU, read back and written in batches. */
 export class TrainingLog {
-  private pending: { step: number; lr: number; ema: number; tensor: Tensor }[] = [];
+  private pending: {
+    step: number;
+    lr: number;
+    ema: number;
+    tensor: Tensor;
+    /** Data-parallel: readback + all-reduce + upload of this step's gradients. */
+    syncMs?: number;
+  }[] = [];
   private imagesSinceFlush = 0;
   private flushClock = performance.now();
 
@@ -32,10 +39,11 @@ export class TrainingLog {
    * @param lossSlots loss values one step writes (directions x micro-batches)
    * @param microBatches the divisor that turns the slots' sum into the step's loss
    * @param wallSeconds the run's wall clock (including the time before a resume)
+   * @param path metrics.jsonl, or undefined to write nothing (data-parallel ranks other than 0)
    */
   constructor(
     readonly gpu: Gpu,
-    readonly path: string,
+    readonly path: string | undefined,
     readonly lossSlots: number,
     readonly microBatches: number,
     readonly stepsPerEpoch: number,
@@ -48,6 +56,11 @@ export class TrainingLog {
     this.pending.push({ step, lr, ema, tensor });
     this.imagesSinceFlush += images;
     return tensor;
+  }
+
+  /** The gradient synchronisation time of the latest step (data-parallel runs). */
+  recordSync(milliseconds: number): void {
+    this.pending.at(-1)!.syncMs = milliseconds;
   }
 
   /**
@@ -77,6 +90,7 @@ export class TrainingLog {
           ema: p.ema,
           imagesPerSecond: i === pending.length - 1 ? +imagesPerSecond.toFixed(2) : null,
           wallSeconds: +this.wallSeconds().toFixed(2),
+          ...(p.syncMs !== undefined ? { syncMs: +p.syncMs.toFixed(2) } : {}),
         });
       }
       this.imagesSinceFlush = 0;
@@ -89,6 +103,7 @@ export class TrainingLog {
 
   /** Append one line to metrics.jsonl. */
   async append(line: MetricsLine): Promise<void> {
+    if (this.path === undefined) return;
     await Deno.writeTextFile(this.path, JSON.stringify(line) + "\n", { append: true });
   }
 

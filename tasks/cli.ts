@@ -80,8 +80,12 @@ export class Progress {
   private readonly tty = Deno.stdout.isTerminal();
   private lastLength = 0;
 
+  /** `quiet`: print nothing (data-parallel ranks other than 0). */
+  constructor(readonly quiet = false) {}
+
   /** Show a status; `final` forces a plain line even on a terminal. */
   update(text: string, final = false): void {
+    if (this.quiet) return;
     if (this.tty && !final) {
       const padded = text.padEnd(this.lastLength);
       Deno.stdout.writeSync(new TextEncoder().encode(`\r${padded}`));
@@ -100,6 +104,7 @@ export class Progress {
 
   /** Print a normal log line without breaking the progress line. */
   log(text: string): void {
+    if (this.quiet) return;
     this.clear();
     console.log(text);
   }

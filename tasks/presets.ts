@@ -32,8 +32,10 @@ export interface TrainConfig {
   randomRescale: boolean;
   /** Images per micro-batch (negatives come from one micro-batch). */
   batch: number;
-  /** Micro-batches per optimizer step (gradient accumulation). */
+  /** Micro-batches per optimizer step on each rank (gradient accumulation). */
   accum: number;
+  /** Data-parallel processes (MPI ranks); the effective batch is batch x accum x ranks. */
+  ranks: number;
   /** Length of the run: epochs over the training split, or an explicit step count. */
   epochs: number;
   steps?: number;
@@ -129,6 +131,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     randomRescale: false,
     batch: 64,
     accum: 1,
+    ranks: 1,
     epochs: 1,
     steps: 750,
     lr: 3.0,
@@ -173,6 +176,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     randomRescale: true,
     batch: 196,
     accum: 32,
+    ranks: 1,
     epochs: 200,
     lr: 4.8,
     warmupEpochs: 10,

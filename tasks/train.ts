@@ -10,6 +10,8 @@ import { SslModel } from "../models/ssl.ts";
 import { Schedule } from "../models/schedule.ts";
 import { checkBatchFits } from "../models/memory.ts";
 import { DivergedError, TrainingLog } from "../models/training_log.ts";
+import { assertSameConfig, broadcastText, GradientSync } from "../models/data_parallel.ts";
+import { type Collective, openMpi } from "../runtime/mpi.ts";
 import { formatDuration, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import type { TrainConfig } from "./presets.ts";
 import {
@@ -19,6 +21,7 @@ import {
   parseTrainFlags,
   resolveConfig,
   RESUME_FLAGS,
+  type RunControl,
   runControl,
   sslModelConfig,
   trainHelp,
@@ -34,13 +37,18 @@ import {
 } from "./train_run.ts";
 
 /** The run's config: resolved from the flags, or read back from the run being resumed. */
-async function runConfig(flags: Flags): Promise<{ config: TrainConfig; outDir: string }> {
+async function runConfig(
+  flags: Flags,
+  mpi: Collective | undefined,
+): Promise<{ config: TrainConfig; outDir: string }> {
+  const ranks = mpi?.size ?? 1;
+  const lead = (mpi?.rank ?? 0) === 0;
   const resumeDir = flags.resume as string | undefined;
   if (!resumeDir) {
-    const config = resolveConfig(flags);
+    const config = resolveConfig(flags, ranks);
     const outDir = (flags.out as string | undefined) ??
       `runs/${config.preset}-${config.loss.kind}-seed${config.seed}`;
-    await refuseExistingRun(outDir, flags.overwrite === true);
+    if (lead) await refuseExistingRun(outDir, flags.overwrite === true);
     return { config, outDir };
   }
   const ignored = Object.keys(flags).filter((name) =>
@@ -54,16 +62,30 @@ async function runConfig(flags: Flags): Promise<{ config: TrainConfig; outDir: s
         "(start a new run with --out to change the recipe)",
     );
   }
-  let saved: string;
-  try {
-    saved = await Deno.readTextFile(`${resumeDir}/config.json`);
-  } catch {
-    throw new UserError(`--resume ${resumeDir}: no config.json there (is it a run directory?)`);
+  // Rank 0 reads the run (other machines need not share its disk) and sends it to every rank.
+  let saved = "";
+  if (lead) {
+    try {
+      saved = await Deno.readTextFile(`${resumeDir}/config.json`);
+    } catch {
+      throw new UserError(`--resume ${resumeDir}: no config.json there (is it a run directory?)`);
+    }
   }
+  if (mpi) saved = await broadcastText(mpi, saved);
   const config = JSON.parse(saved) as TrainConfig;
   // Runs written before these fields existed.
   config.lrSchedule ??= "per-step";
   config.headInit ??= "torch-default";
+  config.ranks ??= 1;
+  if (config.ranks !== ranks) {
+    throw new UserError(
+      `${resumeDir} was trained by ${config.ranks} process(es) and this is ${ranks}: resume it ` +
+        (config.ranks === 1
+          ? "without mpiexec"
+          : `with mpiexec -n ${config.ranks} ... --resume ${resumeDir} --distributed`) +
+        " (the data order and the effective batch depend on the number of processes)",
+    );
+  }
   // A resumed run may be extended; everything else stays as it was.
   const epochs = positiveInt("epochs", flags.epochs as string | undefined);
   if (epochs !== undefined) [config.epochs, config.steps] = [epochs, undefined];
@@ -99,46 +121,60 @@ async function main(): Promise<number> {
     return 0;
   }
   const control = runControl(flags);
+  if (!flags.distributed) return await train(flags, control, undefined);
+  const mpi = (() => {
+    try {
+      // TRITRAIN_MPI_LIBRARY: another MPICH-ABI library (e.g. Intel MPI's libmpi.so.12).
+      return openMpi({ library: Deno.env.get("TRITRAIN_MPI_LIBRARY") || undefined });
+    } catch (e) {
+      throw new UserError((e as Error).message);
+    }
+  })();
+  const code = await train(flags, control, mpi);
+  mpi.finalize();
+  return code;
+}
+
+/** One training run (one rank of it when `mpi` is given). */
+async function train(
+  flags: Flags,
+  control: RunControl,
+  mpi: Collective | undefined,
+): Promise<number> {
+  const lead = (mpi?.rank ?? 0) === 0;
   const resuming = flags.resume !== undefined;
-  const { config, outDir } = await runConfig(flags);
+  const { config, outDir } = await runConfig(flags, mpi);
+  if (mpi) await assertSameConfig(mpi, JSON.stringify({ config, outDir }));
   const files = new RunFiles(outDir);
 
   const gpu = await acquireGpu();
-  const progress = new Progress();
-  progress.log(gpu.describe());
+  const progress = new Progress(!lead);
+  progress.log(gpu.describe() + (mpi ? `; ${mpi.size} data-parallel processes (MPI)` : ""));
   const train = await loadSplit(config, "train");
   const test = await loadSplit(config, "test");
   const modelConfig = sslModelConfig(config, train.channels);
-  const memory = (() => {
-    try {
-      return checkBatchFits(
-        modelConfig.backbone,
-        config.batch,
-        config.accum,
-        config.imageSize,
-        gpu.maxBindingBytes,
-      );
-    } catch (e) {
-      throw new UserError((e as Error).message);
-    }
-  })();
-  const imagesPerStep = config.batch * config.accum;
-  const schedule = (() => {
-    try {
-      return new Schedule({
-        trainImages: train.length,
-        imagesPerStep,
-        epochs: config.epochs,
-        steps: config.steps,
-        baseLr: config.lr,
-        warmupEpochs: config.warmupEpochs,
-        lrShape: config.lrSchedule,
-        emaBase: config.emaBase,
-      });
-    } catch (e) {
-      throw new UserError((e as Error).message);
-    }
-  })();
+  const memory = userErrorFrom(() =>
+    checkBatchFits(
+      modelConfig.backbone,
+      config.batch,
+      config.accum,
+      config.imageSize,
+      gpu.maxBindingBytes,
+    )
+  );
+  const imagesPerStep = config.batch * config.accum * config.ranks;
+  const schedule = userErrorFrom(() =>
+    new Schedule({
+      trainImages: train.length,
+      imagesPerStep,
+      epochs: config.epochs,
+      steps: config.steps,
+      baseLr: config.lr,
+      warmupEpochs: config.warmupEpochs,
+      lrShape: config.lrSchedule,
+      emaBase: config.emaBase,
+    })
+  );
   const { momentum, weightDecay, eta } = config;
   const model = new SslModel(gpu, modelConfig, config.batch, config.seed, {
     momentum,
@@ -147,17 +183,32 @@ async function main(): Promise<number> {
   });
   progress.log(describeRun(config, model, train, test, memory, schedule, outDir));
 
-  const checkpoints = new Checkpoints(files, model, config, schedule, control);
+  const checkpoints = new Checkpoints(files, model, config, schedule, control, lead);
   let startStep = 0;
   let wallBefore = 0;
-  if (resuming) {
+  if (resuming && lead) {
     ({ step: startStep, wallSeconds: wallBefore } = await checkpoints.restore());
     await TrainingLog.truncate(files.metrics, startStep);
     progress.log(`resumed at step ${startStep}`);
-  } else {
+  } else if (lead) {
     // Everything is validated and loaded: only now is the run directory written.
     await files.startNew();
     await Deno.writeTextFile(files.config, JSON.stringify(config, null, 1) + "\n");
+  }
+  const sync = mpi
+    ? new GradientSync(gpu, mpi, model.online.parameters(), model.online.states(), {
+      // Running statistics as one process applying the ranks' micro-batches in turn would have them
+      // (BN momentum 0.1; two online forwards per micro-batch).
+      stateDecayPerRank: 0.9 ** (2 * config.accum),
+    })
+    : undefined;
+  if (mpi && sync) {
+    // Every rank starts from rank 0's model (and, resuming, its optimizer state and target).
+    const target = [...model.target.parameters(), ...model.target.states()].map((t) => t.value);
+    await sync.broadcastInitial(resuming ? [...model.velocity, ...target] : []);
+    if (!resuming) model.copyOnlineToTarget();
+    const position = await broadcastText(mpi, JSON.stringify([startStep, wallBefore]));
+    [startStep, wallBefore] = JSON.parse(position);
   }
 
   const started = performance.now();
@@ -169,11 +220,13 @@ async function main(): Promise<number> {
     augmenter,
     accum: config.accum,
     startStep,
+    rank: mpi?.rank,
+    ranks: mpi?.size,
   });
   const totalSteps = schedule.totalSteps;
   const log = new TrainingLog(
     gpu,
-    files.metrics,
+    lead ? files.metrics : undefined,
     model.lossSlots(config.accum),
     config.accum,
     schedule.stepsPerEpoch,
@@ -190,10 +243,14 @@ async function main(): Promise<number> {
     progress,
   );
   const interrupts = new Interrupts();
+  // Data-parallel ranks stop together: each step all-reduces whether any rank was interrupted.
+  const stopVote = sync ? gpu.zeros([1]) : undefined;
+  let stopAgreed = false;
+  const stopping = () => sync ? stopAgreed : interrupts.requested;
   // Read the losses back whenever something else reads or writes anyway.
   const flushDue = (done: number) =>
     done % config.logEvery === 0 || done === totalSteps || checkpoints.due(done) ||
-    interrupts.requested || done === control.stopAfter || evaluation.due(done);
+    stopping() || done === control.stopAfter || evaluation.due(done);
 
   try {
     for (let step = startStep; step < totalSteps; step++) {
@@ -201,7 +258,17 @@ async function main(): Promise<number> {
       if (control.debugNanAt === done) poisonFirstWeight(model);
       const batches = await loader.nextStep();
       const [lr, ema] = [schedule.lrAt(step), schedule.emaAt(step)];
-      model.step(batches.microBatches, lr, ema, log.slot(done, lr, ema, imagesPerStep));
+      const lossSlot = log.slot(done, lr, ema, imagesPerStep);
+      if (sync && stopVote) {
+        model.accumulateGradients(batches.microBatches, lossSlot);
+        stopVote.write(Float32Array.of(interrupts.requested ? 1 : 0));
+        const synced = await sync.allReduce([lossSlot, stopVote]);
+        stopAgreed = synced.extras[1][0] > 0;
+        log.recordSync(synced.readMs + synced.reduceMs + synced.uploadMs);
+        model.update(lr, ema);
+      } else {
+        model.step(batches.microBatches, lr, ema, lossSlot);
+      }
       batches.release();
       if (flushDue(done)) {
         const { lastLoss, imagesPerSecond } = await log.flush(model.norms);
@@ -212,14 +279,18 @@ async function main(): Promise<number> {
             `${imagesPerSecond.toFixed(1)} img/s ETA ${formatDuration(eta)}`,
         );
       }
-      if (evaluation.due(done)) await evaluation.run(done, false);
-      if (control.stopAfter === done) interrupts.request(`--stop-after ${done}`);
-      if (checkpoints.due(done) || interrupts.requested) await checkpoints.save(done, wall());
-      if (interrupts.requested) {
+      if (lead && evaluation.due(done)) await evaluation.run(done, false);
+      if (control.stopAfter === done) {
+        interrupts.request(`--stop-after ${done}`);
+        stopAgreed = true;
+      }
+      if (checkpoints.due(done) || stopping()) await checkpoints.save(done, wall());
+      if (stopping()) {
         await loader.close();
         progress.log(
-          `${interrupts.reason}: checkpoint of step ${done} written to ${files.checkpoint}; ` +
-            `continue with: deno task train --resume ${outDir}`,
+          `${interrupts.reason ?? "interrupted on another rank"}: checkpoint of step ${done} ` +
+            `written to ${files.checkpoint}; continue with: deno task train --resume ${outDir}` +
+            (mpi ? " --distributed (under the same mpiexec -n)" : ""),
         );
         return 130;
       }
@@ -230,14 +301,24 @@ async function main(): Promise<number> {
     if (e instanceof DivergedError) throw checkpoints.divergedError(e);
     throw e;
   }
+  interrupts.close();
+  if (!lead) return 0;
   const trainSeconds = wall();
   const finalEval = await evaluation.run(totalSteps, config.probeEpochs > 0);
-  interrupts.close();
   const summary = await writeSummary(files, config, schedule, finalEval, trainSeconds, gpu);
   train.close?.();
   test.close?.();
   progress.log(doneLine(summary, files));
   return 0;
+}
+
+/** The value of `make`, with its error as a one-line user error. */
+function userErrorFrom<T>(make: () => T): T {
+  try {
+    return make();
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
 }
 
 /** --debug-nan-at: a NaN weight, to exercise the divergence stop. */

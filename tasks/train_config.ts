@@ -169,6 +169,10 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     value: "N",
     help: "(testing) poison a weight with NaN before step N to exercise the NaN stop",
   },
+  {
+    name: "distributed",
+    help: "one rank of `mpiexec -n N ... --distributed` (MPI data-parallel; see README)",
+  },
   { name: "help", help: "this text" },
 ];
 
@@ -221,7 +225,7 @@ export function parseTrainFlags(args: string[]): Flags {
 }
 
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
-const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite"];
+const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite", "distributed"];
 
 /** Flags that --resume applies; every other one would be ignored, so it is refused. */
 export const RESUME_FLAGS = [
@@ -232,10 +236,11 @@ export const RESUME_FLAGS = [
   "checkpoint-every",
   "keep-every",
   "debug-nan-at",
+  "distributed",
 ];
 
-/** The preset with every flag applied; validated. */
-export function resolveConfig(flags: Flags): TrainConfig {
+/** The preset with every flag applied, for `ranks` data-parallel processes; validated. */
+export function resolveConfig(flags: Flags, ranks = 1): TrainConfig {
   const presetName = (flags.preset as string | undefined) ?? "small";
   const preset = PRESETS[presetName];
   if (!preset) {
@@ -258,10 +263,11 @@ export function resolveConfig(flags: Flags): TrainConfig {
   if (str("epochs") !== undefined) config.steps = undefined;
   config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
   // METHOD.md's linear scaling: without --lr, the preset's lr follows the effective batch.
-  const presetImagesPerStep = config.batch * config.accum;
+  const presetImagesPerStep = config.batch * config.accum * config.ranks;
   config.batch = positiveInt("batch", str("batch")) ?? config.batch;
   config.accum = positiveInt("accum", str("accum")) ?? config.accum;
-  const imagesPerStep = config.batch * config.accum;
+  config.ranks = ranks;
+  const imagesPerStep = config.batch * config.accum * config.ranks;
   config.lr = finiteNumber("lr", str("lr")) ??
     (imagesPerStep === presetImagesPerStep
       ? config.lr

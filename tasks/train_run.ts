@@ -61,6 +61,8 @@ export class Checkpoints {
     readonly config: TrainConfig,
     readonly schedule: Schedule,
     readonly control: { checkpointEvery?: number; keepEvery?: number },
+    /** Only rank 0 of a data-parallel run writes checkpoints. */
+    readonly writes = true,
   ) {}
 
   /** Checkpoint after `done` steps: every epoch and every --checkpoint-every steps. */
@@ -72,6 +74,7 @@ export class Checkpoints {
   }
 
   async save(done: number, wallSeconds: number): Promise<void> {
+    if (!this.writes) return;
     try {
       await saveCheckpoint(this.files.checkpoint, this.model, {
         step: done,
