@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const TOOLS = ["uname", "id", "cut", "head", "dirname", "ldconfig", "cat", "touch", "mkdir", "chmod"];
+const TOOLS = ["uname", "id", "cut", "head", "dirname", "ldconfig", "mkdir", "chmod"];
 
 async function which(tool: string): Promise<string> {
   for (const dir of ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]) {
