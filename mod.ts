@@ -169,6 +169,26 @@ export {
   knnAccuracy,
   linearProbe,
 } from "./models/evaluate.ts";
+/** What a backbone learned: kNN predictions, confusion matrix, cosine retrieval, t-SNE map. */
+export {
+  confusionMatrix,
+  type Insight,
+  type InsightOptions,
+  inspectBackbone,
+  knnPredictions,
+  nearestNeighbours,
+  perClassAccuracy,
+  retrievalQueries,
+  tsne,
+  type TsneOptions,
+} from "./models/insight.ts";
+/** Backbone export for PyTorch: the weights alone and a generated torch-only Python module. */
+export {
+  backboneLayout,
+  backboneTensors,
+  pytorchModuleSource,
+  writeBackboneExport,
+} from "./models/export.ts";
 
 // ---- data ----
 /** Datasets (Fashion-MNIST, MNIST, CIFAR-10/100, image folders) and the per-epoch shuffle. */
@@ -184,5 +204,13 @@ export { ArrayDataset } from "./data/memory.ts";
 /** Two-view GPU augmentation (METHOD.md) and its configurations. */
 export { Augmenter, uploadPixels } from "./data/augment.ts";
 export { augmentConfigFor, imagenetViews, smallDataViews } from "./data/augment_config.ts";
+/** Pictures of what was learned (retrieval grid, embedding map, confusion matrix) as RGB. */
+export {
+  drawConfusionMatrix,
+  drawEmbeddingMap,
+  drawRetrievalGrid,
+  retrievalRows,
+  type RgbPicture,
+} from "./data/pictures.ts";
 /** Prefetching batch loader (next batch loaded, uploaded and augmented during the current step). */
 export { type Batch, BatchLoader } from "./data/loader.ts";
