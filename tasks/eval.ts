@@ -8,16 +8,7 @@ import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { loadBackbone } from "../models/load.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
-import { type Insight, inspectBackbone } from "../models/insight.ts";
-import {
-  drawConfusionMatrix,
-  drawEmbeddingMap,
-  drawRetrievalGrid,
-  retrievalRows,
-  type RgbPicture,
-} from "../data/pictures.ts";
-import type { Dataset } from "../data/dataset.ts";
-import { encode as encodePng } from "fast-png";
+import { writeInsightPictures } from "./pictures.ts";
 import { type DatasetName, loadDataset } from "../data/dataset.ts";
 import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
@@ -97,37 +88,25 @@ async function main(): Promise<number> {
     ...result,
   };
   if (!flags["no-pictures"]) {
-    const insight = await inspectBackbone(gpu, backbone, train, test, {
-      knnK: positiveInt("knn-k", flags["knn-k"]) ?? run.knnK,
-      knnTemperature: run.knnTemperature,
-      bankSize: result.bankSize,
-      testSize: result.testSize,
-      neighbours: 8,
-      mapPoints,
-      seed: run.seed,
-      batchSize: positiveInt("batch", flags.batch) ?? 256,
-    }, (what, done, total) => progress.update(`${what} ${done}/${total}`));
-    const base = out.replace(/\.json$/, "");
-    const pictures = {
-      retrieval: `${base}.retrieval.png`,
-      map: `${base}.map.png`,
-      confusion: `${base}.confusion.png`,
-    };
-    await writePng(pictures.retrieval, await retrievalPicture(insight, train, test));
-    await writePng(pictures.map, drawEmbeddingMap(insight.map, insight.mapLabels, train.classes));
-    await writePng(pictures.confusion, drawConfusionMatrix(insight.confusion));
-    report = {
-      ...report,
-      perClassKnnTop1: insight.perClassKnnTop1,
-      confusion: insight.confusion,
-      retrieval: insight.queries.map((query, i) => ({
-        query,
-        label: insight.queryLabels[i],
-        neighbours: insight.neighbours[i],
-        neighbourLabels: insight.neighbourLabels[i],
-      })),
-      pictures,
-    };
+    const pictures = await writeInsightPictures(
+      gpu,
+      backbone,
+      train,
+      test,
+      {
+        knnK: positiveInt("knn-k", flags["knn-k"]) ?? run.knnK,
+        knnTemperature: run.knnTemperature,
+        bankSize: result.bankSize,
+        testSize: result.testSize,
+        neighbours: 8,
+        mapPoints,
+        seed: run.seed,
+        batchSize: positiveInt("batch", flags.batch) ?? 256,
+      },
+      out.replace(/\.json$/, ""),
+      (what, done, total) => progress.update(`${what} ${done}/${total}`),
+    );
+    report = { ...report, ...pictures };
   }
   train.close?.();
   test.close?.();
@@ -135,24 +114,6 @@ async function main(): Promise<number> {
   await Deno.writeTextFile(out, JSON.stringify(report, null, 1) + "\n");
   console.log(`wrote ${out}`);
   return 0;
-}
-
-async function writePng(path: string, picture: RgbPicture): Promise<void> {
-  await Deno.writeFile(path, encodePng({ ...picture, depth: 8 }));
-  console.log(`wrote ${path}`);
-}
-
-/** Each query (test split) followed by its neighbours (train split), framed by class match. */
-async function retrievalPicture(insight: Insight, train: Dataset, test: Dataset) {
-  const rows = retrievalRows({
-    queryPixels: (await test.batch(insight.queries)).pixels,
-    neighbourPixels: (await train.batch(insight.neighbours.flat())).pixels,
-    image: test,
-    queryLabels: insight.queryLabels,
-    neighbourLabels: insight.neighbourLabels,
-    labelled: train.classes > 1,
-  });
-  return drawRetrievalGrid(rows, test);
 }
 
 if (import.meta.main) runMain("eval", main);
