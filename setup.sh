@@ -30,7 +30,10 @@ if [ ${#need[@]} -eq 0 ]; then
   say "system packages already present"
 elif command -v apt-get >/dev/null 2>&1; then
   sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { say "need ${need[*]}: run this as root (no sudo here)"; exit 1; }
+    sudo=(sudo)
+  fi
   say "installing ${need[*]}"
   "${sudo[@]}" apt-get update -qq
   if ! "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null; then
