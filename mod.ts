@@ -191,6 +191,25 @@ export {
   type KnnOptions,
   linearProbe,
 } from "./models/evaluate.ts";
+/** What a backbone learned: kNN predictions, confusion matrix, cosine retrieval, t-SNE map. */
+export {
+  confusionMatrix,
+  type Insight,
+  type InsightOptions,
+  inspectBackbone,
+  nearestNeighbours,
+  perClassAccuracy,
+  retrievalQueries,
+  tsne,
+  type TsneOptions,
+} from "./models/insight.ts";
+/** Backbone export for PyTorch: the weights alone and a generated torch-only Python module. */
+export {
+  backboneLayout,
+  backboneTensors,
+  pytorchModuleSource,
+  writeBackboneExport,
+} from "./models/export.ts";
 
 // ---- data ----
 /** Datasets (Fashion-MNIST, MNIST, CIFAR-10/100, image folders) and the per-epoch shuffle. */
@@ -209,5 +228,13 @@ export { Augmenter, augmentTensors, uploadPixels } from "./data/augment.ts";
 /** The crop settings of a view that an image folder's decode workers apply. */
 export { cropViewSpec } from "./data/folder_decode.ts";
 export { augmentConfigFor, imagenetViews, smallDataViews } from "./data/augment_config.ts";
+/** Pictures of what was learned (retrieval grid, embedding map, confusion matrix) as RGB. */
+export {
+  drawConfusionMatrix,
+  drawEmbeddingMap,
+  drawRetrievalGrid,
+  retrievalRows,
+  type RgbPicture,
+} from "./data/pictures.ts";
 /** Prefetching batch loader (next batch loaded, uploaded and augmented during the current step). */
 export { type Batch, BatchLoader } from "./data/loader.ts";

@@ -4,8 +4,12 @@
  * crop of training. Used by the decode workers of the folder dataset (and directly when workers
  * are off).
  */
-import jpeg from "jpeg-js";
-import { convertIndexedToRgb, decode as decodePng } from "fast-png";
+// Versioned npm: specifiers (not bare names from package.json) so that mod.ts imports from any
+// directory and any Deno project; here they resolve from node_modules (same versions as the lock).
+// deno-lint-ignore no-import-prefix
+import jpeg from "npm:jpeg-js@0.4.4";
+// deno-lint-ignore no-import-prefix
+import { convertIndexedToRgb, decode as decodePng } from "npm:fast-png@8.0.0";
 
 /** An 8-bit RGB image, HWC interleaved. */
 export interface RgbImage {

@@ -1,11 +1,14 @@
 /**
  * `deno task eval --checkpoint FILE [flags]`: the kNN monitor and the linear probe (METHOD.md
  * "Evaluation") of a checkpoint's backbone on a dataset's test split; prints and writes JSON.
+ * Then pictures of what was learned, beside the JSON: a retrieval grid, a t-SNE map of the test
+ * embeddings and the kNN confusion matrix (per-class accuracy also goes into the JSON).
  */
 import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { loadBackbone } from "../models/load.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
+import { writeInsightPictures } from "./pictures.ts";
 import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
 import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
@@ -20,7 +23,9 @@ const HELP = `usage: deno task eval --checkpoint FILE [flags]
   --knn-k N           neighbours (default 200)
   --probe-epochs N    linear probe epochs (0 skips the probe; default: the run's preset)
   --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
-  --out FILE          write the results as JSON here (default: beside the checkpoint)`;
+  --out FILE          write the results as JSON here (default: beside the checkpoint)
+  --map-points N      test images on the t-SNE map (default 1000; O(N^2) time)
+  --no-pictures       skip the retrieval grid, the map and the confusion matrix PNGs`;
 
 async function main(): Promise<number> {
   let parsed;
@@ -37,6 +42,8 @@ async function main(): Promise<number> {
         "probe-epochs": { type: "string" },
         batch: { type: "string" },
         out: { type: "string" },
+        "map-points": { type: "string" },
+        "no-pictures": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -49,6 +56,7 @@ async function main(): Promise<number> {
     return 0;
   }
   if (!flags.checkpoint) throw new UserError(`--checkpoint FILE is required\n${HELP}`);
+  const mapPoints = positiveInt("map-points", flags["map-points"]) ?? 1000;
   const gpu = await acquireGpu({ log: true });
   const { backbone, state } = await loadBackbone(gpu, flags.checkpoint).catch((e) => {
     throw new UserError((e as Error).message);
@@ -75,11 +83,37 @@ async function main(): Promise<number> {
     options,
     (what, done, total) => progress.update(`${what} ${done}/${total}`),
   );
+  const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
+  let report: Record<string, unknown> = {
+    checkpoint: flags.checkpoint,
+    dataset,
+    step: state.step ?? null,
+    ...result,
+  };
+  if (!flags["no-pictures"]) {
+    const pictures = await writeInsightPictures(
+      gpu,
+      backbone,
+      train,
+      test,
+      {
+        knnK: options.knnK,
+        knnTemperature: options.knnTemperature,
+        bankSize: result.bankSize,
+        testSize: result.testSize,
+        neighbours: 8,
+        mapPoints,
+        seed: options.seed,
+        batchSize: options.batchSize,
+      },
+      out.replace(/\.json$/, ""),
+      (what, done, total) => progress.update(`${what} ${done}/${total}`),
+    );
+    report = { ...report, ...pictures };
+  }
   train.close?.();
   test.close?.();
-  const report = { checkpoint: flags.checkpoint, dataset, step: state.step ?? null, ...result };
   progress.log(JSON.stringify(report, null, 1));
-  const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
   await Deno.writeTextFile(out, JSON.stringify(report, null, 1) + "\n");
   console.log(`wrote ${out}`);
   return 0;

@@ -10,7 +10,6 @@ import { assertClose, gpuTest, testGpu } from "./util.ts";
 import { type MicroBatch, SslModel } from "../models/ssl.ts";
 import { oihwToHwio } from "../models/checkpoint.ts";
 import { momentumAt } from "../models/schedule.ts";
-import type { Tensor } from "../runtime/gpu.ts";
 
 interface Golden {
   config: {

@@ -1,0 +1,106 @@
+/**
+ * `deno task eval` end to end on a tiny labelled image folder (3 classes of flat-coloured 8x8
+ * PNGs): the JSON gains per-class kNN accuracy and a confusion matrix consistent with the kNN
+ * top-1, and the three pictures are written with the sizes their layout implies.
+ */
+import assert from "node:assert/strict";
+import { decode as decodePng, encode as encodePng } from "fast-png";
+import { gpuTest, testGpu } from "./util.ts";
+import { SslModel } from "../models/ssl.ts";
+import { saveCheckpoint } from "../models/checkpoint.ts";
+import { PRESETS } from "../tasks/presets.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const COLOURS = [[220, 30, 30], [30, 200, 40], [40, 60, 230]];
+
+async function writeFolder(dir: string, split: string, perClass: number): Promise<void> {
+  for (const [c, colour] of COLOURS.entries()) {
+    await Deno.mkdir(`${dir}/${split}/class${c}`, { recursive: true });
+    for (let i = 0; i < perClass; i++) {
+      const data = new Uint8Array(8 * 8 * 3);
+      for (let p = 0; p < 64; p++) {
+        // A per-image brightness change so images differ within a class.
+        for (let ch = 0; ch < 3; ch++) data[p * 3 + ch] = Math.min(255, colour[ch] + 4 * i);
+      }
+      const png = encodePng({ width: 8, height: 8, channels: 3, depth: 8, data });
+      await Deno.writeFile(`${dir}/${split}/class${c}/${i}.png`, png);
+    }
+  }
+}
+
+Deno.test({
+  name: "eval pictures: tiny 3-class folder -> per-class accuracy, confusion matrix, three PNGs",
+  ...gpuTest,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await writeFolder(`${dir}/data`, "train", 12);
+    await writeFolder(`${dir}/data`, "val", 4);
+    const gpu = await testGpu();
+    const model = new SslModel(
+      gpu,
+      {
+        backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: [4, 4, 8, 8] },
+        projectorHidden: 8,
+        projectorOut: 4,
+        predictorHidden: 8,
+        loss: { kind: "triplet", window: [1, 2] },
+      },
+      4,
+      0,
+      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
+    );
+    const checkpoint = `${dir}/checkpoint.safetensors`;
+    await saveCheckpoint(checkpoint, model, {
+      step: 0,
+      trainConfig: { ...PRESETS.small, dataset: "folder", data: `${dir}/data`, imageSize: 8 },
+    });
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "tasks/eval.ts",
+        "--checkpoint",
+        checkpoint,
+        "--knn-k",
+        "3",
+        "--bank",
+        "0",
+        "--test",
+        "0",
+        "--probe-epochs",
+        "0",
+        "--map-points",
+        "12",
+      ],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const output = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    assert.equal(code, 0, output);
+    const report = JSON.parse(await Deno.readTextFile(`${dir}/checkpoint.eval.json`));
+    const confusion: number[][] = report.confusion;
+    assert.equal(confusion.length, 3);
+    assert.deepEqual(confusion.map((row) => row.reduce((a, b) => a + b, 0)), [4, 4, 4]);
+    const diagonal = confusion.reduce((s, row, c) => s + row[c], 0);
+    assert.equal(diagonal / 12, report.knnTop1, "the confusion matrix agrees with kNN top-1");
+    assert.deepEqual(report.perClassKnnTop1, confusion.map((row, c) => row[c] / 4));
+    assert.equal(report.retrieval.length, 3, "one query per class");
+    for (const [c, row] of report.retrieval.entries()) {
+      assert.equal(row.label, c);
+      assert.equal(row.neighbours.length, 8);
+    }
+
+    const picture = async (name: string) =>
+      decodePng(await Deno.readFile(`${dir}/checkpoint.eval.${name}.png`));
+    const retrieval = await picture("retrieval");
+    // 8x8 images zoomed 12x in 3-pixel frames: cells 102 px; 9 per row, 3 rows, 4 px gaps.
+    assert.equal(retrieval.height, 4 + 3 * (102 + 4));
+    assert.equal(retrieval.width, 4 + 9 * (102 + 4) + 8);
+    const map = await picture("map");
+    assert.equal(map.height, 640);
+    const confusionPicture = await picture("confusion");
+    assert.equal(confusionPicture.width, 10 + 22 + 3 * 30 + 4);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
