@@ -50,6 +50,9 @@ export { KernelProfiler, type ProfileReport } from "./runtime/profiler.ts";
 /** Seeded pseudo-random numbers (initialisation, tests). */
 export { Rng } from "./runtime/random.ts";
 
+/** MPI (MPICH ABI) through Deno.dlopen: all-reduce, broadcast, barrier; nothing loads at import. */
+export { type Collective, LocalCollective, MPI_LIBRARY, MpiError, openMpi } from "./runtime/mpi.ts";
+
 // ---- kernels ----
 /** Elementwise ops: fill, copy, add, scale, axpy, axpby, ReLU forward/backward. */
 export {
@@ -165,6 +168,16 @@ export {
   Schedule,
   type ScheduleConfig,
 } from "./models/schedule.ts";
+/** Per-step losses kept on the GPU, read back in batches, NaN stop, metrics.jsonl. */
+export { DivergedError, type MetricsLine, TrainingLog } from "./models/training_log.ts";
+/** Data-parallel training: gradients averaged over MPI ranks between backward and update. */
+export {
+  assertSameConfig,
+  broadcastText,
+  GradientSync,
+  type GradientSyncOptions,
+  type SyncResult,
+} from "./models/data_parallel.ts";
 /** Activation memory estimate and the largest batch that fits. */
 export { checkBatchFits, estimateStepMemory } from "./models/memory.ts";
 /** safetensors checkpoints with torchvision names (atomic writes). */
@@ -236,5 +249,13 @@ export {
   retrievalRows,
   type RgbPicture,
 } from "./data/pictures.ts";
-/** Prefetching batch loader (next batch loaded, uploaded and augmented during the current step). */
-export { type Batch, BatchLoader } from "./data/loader.ts";
+/**
+ * Prefetching batch loader (next batch loaded, uploaded and augmented during the current step);
+ * `BatchLoader.forTraining` hands out an optimizer step's micro-batches (one rank's share).
+ */
+export {
+  type Batch,
+  BatchLoader,
+  type StepBatches,
+  type TrainingLoaderOptions,
+} from "./data/loader.ts";

@@ -11,9 +11,10 @@ import { Rng } from "../../runtime/random.ts";
 import { openMpi } from "../../runtime/mpi.ts";
 import { Context } from "../../models/layers.ts";
 import { parameterCount } from "../../models/resnet.ts";
-import { Branch, type SslModelConfig } from "../../models/ssl.ts";
+import { Branch } from "../../models/ssl.ts";
 import { GradientSync } from "../../models/data_parallel.ts";
 import { PRESETS } from "../../tasks/presets.ts";
+import { sslModelConfig } from "../../tasks/train_config.ts";
 
 const steps = Number(Deno.args[0] ?? 10);
 const presets = Deno.args.length > 1 ? Deno.args.slice(1) : ["small", "resnet50-imagenet"];
@@ -32,13 +33,7 @@ function stats(values: number[]): [number, number] {
 for (const preset of presets) {
   const p = PRESETS[preset];
   const inChannels = p.dataset === "fashion-mnist" || p.dataset === "mnist" ? 1 : 3;
-  const config: SslModelConfig = {
-    backbone: { arch: p.arch, inChannels, smallImage: p.smallImage, widths: p.widths },
-    projectorHidden: p.projectorHidden,
-    projectorOut: p.projectorOut,
-    predictorHidden: p.predictorHidden,
-    loss: p.loss,
-  };
+  const config = sslModelConfig(p, inChannels);
   const online = new Branch(new Context(gpu), config, true, new Rng(0));
   const sync = new GradientSync(gpu, mpi, online.parameters(), online.states());
   await sync.broadcastInitial();
