@@ -28,6 +28,8 @@ export interface TrainConfig {
   augment: "imagenet" | "small";
   /** Smallest crop area fraction, replacing the recipe's (undefined: the recipe's own). */
   cropScaleMin?: number;
+  /** Gaussian blur sigma range in pixels, replacing the recipe's (undefined: the recipe's own). */
+  blurSigma?: [number, number];
   /** Per-branch random batch rescale of the released code. */
   randomRescale: boolean;
   /** Images per micro-batch (negatives come from one micro-batch). */

@@ -13,9 +13,11 @@ import { DivergedError, TrainingLog } from "../models/training_log.ts";
 import { assertSameConfig, broadcastText, GradientSync } from "../models/data_parallel.ts";
 import { type Collective, openMpi } from "../runtime/mpi.ts";
 import { formatDuration, positiveInt, Progress, runMain, UserError } from "./cli.ts";
+import { writeInsightPictures } from "./pictures.ts";
 import type { TrainConfig } from "./presets.ts";
 import {
   augmentConfig,
+  EVAL_FORWARD_BATCH,
   type Flags,
   loadSplit,
   parseTrainFlags,
@@ -305,12 +307,42 @@ async function train(
   if (!lead) return 0;
   const trainSeconds = wall();
   const finalEval = await evaluation.run(totalSteps, config.probeEpochs > 0);
-  const summary = await writeSummary(files, config, schedule, finalEval, trainSeconds, gpu);
+  const insight = flags["no-pictures"] ? {} : await writeInsightPictures(
+    gpu,
+    model.online.backbone,
+    train,
+    test,
+    {
+      knnK: config.knnK,
+      knnTemperature: config.knnTemperature,
+      // The bank of the final kNN, capped: the pictures' neighbour search runs on the host.
+      bankSize: Math.min(finalEval.bankSize, PICTURE_BANK_LIMIT),
+      testSize: finalEval.testSize,
+      neighbours: 8,
+      mapPoints: 1000,
+      seed: config.seed,
+      batchSize: EVAL_FORWARD_BATCH,
+    },
+    `${outDir}/insight`,
+    (what, done, total) => progress.update(`pictures: ${what} ${done}/${total}`),
+  );
+  const summary = await writeSummary(
+    files,
+    config,
+    schedule,
+    finalEval,
+    trainSeconds,
+    gpu,
+    insight,
+  );
   train.close?.();
   test.close?.();
   progress.log(doneLine(summary, files));
   return 0;
 }
+
+/** Training images searched for the end-of-run pictures at most (the search runs on the host). */
+const PICTURE_BANK_LIMIT = 20000;
 
 /** The value of `make`, with its error as a one-line user error. */
 function userErrorFrom<T>(make: () => T): T {

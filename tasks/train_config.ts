@@ -70,6 +70,11 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     help: "smallest area fraction of the random resized crop (0 < X <= 1)",
     preset: (p) => p.cropScaleMin,
   },
+  {
+    name: "blur-sigma",
+    value: "A,B",
+    help: "Gaussian blur sigma range in pixels at the training size (default: the recipe's)",
+  },
   { name: "loss", value: "NAME", help: LOSS_KINDS.join(" | "), preset: (p) => p.loss.kind },
   {
     name: "window",
@@ -150,6 +155,10 @@ export const TRAIN_FLAGS: FlagSpec[] = [
   },
   { name: "no-probe", help: "skip the final linear probe" },
   {
+    name: "no-pictures",
+    help: "skip the pictures at the end (retrieval grid, t-SNE map, confusion matrix)",
+  },
+  {
     name: "checkpoint-every",
     value: "N",
     help: "also checkpoint every N steps (default: every epoch and at the end)",
@@ -225,7 +234,7 @@ export function parseTrainFlags(args: string[]): Flags {
 }
 
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
-const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite", "distributed"];
+const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite", "distributed", "no-pictures"];
 
 /** Flags that --resume applies; every other one would be ignored, so it is refused. */
 export const RESUME_FLAGS = [
@@ -236,6 +245,7 @@ export const RESUME_FLAGS = [
   "checkpoint-every",
   "keep-every",
   "debug-nan-at",
+  "no-pictures",
   "distributed",
 ];
 
@@ -283,6 +293,13 @@ export function resolveConfig(flags: Flags, ranks = 1): TrainConfig {
   config.cropScaleMin = finiteNumber("crop-scale", str("crop-scale")) ?? config.cropScaleMin;
   if (config.cropScaleMin !== undefined && !(config.cropScaleMin > 0 && config.cropScaleMin <= 1)) {
     throw new UserError(`--crop-scale must be in (0, 1], got ${config.cropScaleMin}`);
+  }
+  if (str("blur-sigma") !== undefined) {
+    const sigma = str("blur-sigma")!.split(",").map(Number);
+    if (sigma.length !== 2 || !(sigma[0] >= 0 && sigma[1] >= sigma[0])) {
+      throw new UserError(`--blur-sigma must be A,B with 0 <= A <= B, got ${str("blur-sigma")}`);
+    }
+    config.blurSigma = [sigma[0], sigma[1]];
   }
   config.seed = nonNegativeInt("seed", str("seed")) ?? config.seed;
   config.evalEvery = nonNegativeInt("eval-every", str("eval-every")) ?? config.evalEvery;
@@ -370,6 +387,9 @@ export function augmentConfig(config: TrainConfig): AugmentConfig {
   const views = config.augment === "imagenet" ? imagenetViews() : smallDataViews(config.imageSize);
   if (config.cropScaleMin !== undefined) {
     for (const view of views.views) view.crop.scale[0] = config.cropScaleMin;
+  }
+  if (config.blurSigma !== undefined) {
+    for (const view of views.views) view.blur.sigma = [...config.blurSigma];
   }
   if (!config.randomRescale) delete views.rescale;
   return views;

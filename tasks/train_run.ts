@@ -248,6 +248,9 @@ export interface RunSummary {
   imagesPerSecond: number | null;
   adapter: string;
   fallbackAdapter: boolean;
+  /** From the end-of-run pictures: per-class kNN top-1, confusion matrix, retrieval, PNG paths. */
+  perClassKnnTop1?: unknown;
+  confusion?: unknown;
 }
 
 /** summary.json and curves.svg at the end of a run; returns the summary. */
@@ -258,6 +261,7 @@ export async function writeSummary(
   finalEval: EvaluationResult,
   trainSeconds: number,
   gpu: Gpu,
+  insight: Record<string, unknown>,
 ): Promise<RunSummary> {
   const metrics = await TrainingLog.read(files.metrics);
   const rates = metrics.map((m) => m.imagesPerSecond).filter((v): v is number =>
@@ -280,6 +284,7 @@ export async function writeSummary(
       : null,
     adapter: gpu.adapterName,
     fallbackAdapter: gpu.isFallback,
+    ...insight,
   };
   await Deno.writeTextFile(files.summary, JSON.stringify(summary, null, 1) + "\n");
   await Deno.writeTextFile(files.curves, await curvesSvg(metrics));

@@ -90,3 +90,13 @@ Deno.test("train config: without --lr the learning rate follows batch x accum", 
   assert.equal(resolveConfig({ ...imagenet, accum: "16" }).lr, 2.4);
   assert.equal(resolveConfig({ ...imagenet, batch: "49", accum: "8" }).lr, 4.8 * 392 / 6272);
 });
+
+Deno.test("train config: --blur-sigma replaces both views' blur range; bad ranges are refused", () => {
+  const config = resolveConfig({ "blur-sigma": "0.1,1" });
+  assert.deepEqual(augmentConfig(config).views.map((v) => v.blur.sigma), [[0.1, 1], [0.1, 1]]);
+  assert.deepEqual(
+    augmentConfig(resolveConfig({})).views.map((v) => v.blur.sigma),
+    [[0.1 * 28 / 224, 2 * 28 / 224], [0.1 * 28 / 224, 2 * 28 / 224]],
+  );
+  assert.throws(() => resolveConfig({ "blur-sigma": "2,1" }), /--blur-sigma must be A,B/);
+});

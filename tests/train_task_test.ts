@@ -87,7 +87,19 @@ Deno.test({
       assert.ok(key in summary, `summary.json has ${key}`);
     }
     assert.equal(summary.steps, 4);
-    assert.ok(summary.knnTop1 > 0.1 && summary.knnTop1 <= 1, `kNN top-1 ${summary.knnTop1}`);
+    // The end-of-run pictures and their numbers: the kNN confusion matrix over the 128 test
+    // images agrees exactly with the final kNN top-1 (same bank, same vote). Whether training
+    // beats the untrained network is the experiment test's job (tests/experiment_test.ts).
+    const confusion = summary.confusion as number[][];
+    assert.equal(confusion.length, 10);
+    assert.equal(confusion.flat().reduce((a, b) => a + b, 0), 128);
+    const diagonal = confusion.reduce((sum, row, c) => sum + row[c], 0);
+    assert.equal(diagonal / 128, summary.knnTop1, "confusion trace = kNN top-1");
+    assert.equal(summary.perClassKnnTop1.length, 10);
+    for (const picture of ["retrieval", "map", "confusion"]) {
+      const png = await Deno.readFile(`${whole}/insight.${picture}.png`);
+      assert.deepEqual(Array.from(png.subarray(1, 4)), [80, 78, 71], `${picture} is a PNG`);
+    }
     assert.match(await Deno.readTextFile(`${whole}/curves.svg`), /^<svg/);
     const wholeMetrics = await metrics(whole);
     assert.equal(wholeMetrics.filter((m) => "loss" in m).length, 4, "one loss line per step");
@@ -247,12 +259,10 @@ Deno.test({
   ...TEST,
   fn: async () => {
     const dir = await Deno.makeTempDir();
-    for (const cls of ["cat", "dog"]) {
+    for (const [c, cls] of ["cat", "dog", "fox"].entries()) {
       await Deno.mkdir(`${dir}/data/${cls}`, { recursive: true });
       for (let i = 0; i < 12; i++) {
-        const data = new Uint8Array(40 * 40 * 3).map((_, j) =>
-          (j * (i + 3) + (cls === "cat" ? 0 : 90)) % 256
-        );
+        const data = new Uint8Array(40 * 40 * 3).map((_, j) => (j * (i + 3) + 90 * c) % 256);
         await Deno.writeFile(
           `${dir}/data/${cls}/${i}.png`,
           encodePng({ width: 40, height: 40, data, channels: 3 }),
