@@ -314,7 +314,7 @@ export function buildReport(input: ReportInput): string {
     ...input.randomInit.map((r) =>
       `| random init | ${r.seed} | evaluated | ${pct(r.knnTop1)} | ` +
       `${r.linearTop1 !== null ? pct(r.linearTop1) : "—"} | — | ` +
-      `${r.seconds !== undefined ? r.seconds.toFixed(0) : "—"} | ${r.dir ?? ""} |`
+      `${r.seconds !== undefined ? r.seconds.toFixed(0) : "—"} |${r.dir ? ` ${r.dir}` : ""} |`
     ),
     ...(input.calibratedInit ?? []).map((r) =>
       `| ${CALIBRATED_INIT.id} | ${r.seed} | ${r.status} | ` +
