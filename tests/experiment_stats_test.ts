@@ -170,33 +170,24 @@ Deno.test("budgets: the quick plan is the random init, seven methods and the cal
     "64",
   ];
   const evaluation = ["--eval-bank", "2000", "--eval-test", "1000", "--probe-epochs", "5"];
-  // The random init: train.ts with no steps evaluates the untrained backbone.
-  assert.deepEqual(plan[0].trainArgs, [
+  /** The flags every run of seed 0 shares, with its own steps and kNN interval. */
+  const shared = (steps: number, evalEvery: number) => [
     ...common,
     "--steps",
-    "0",
+    String(steps),
     "--eval-every",
-    "0",
+    String(evalEvery),
     ...evaluation,
     "--seed",
     "0",
     "--log-every",
     "10",
-    "--out",
-    "runs/q/random-init-seed0",
-  ]);
+  ];
+  // The random init: train.ts with no steps evaluates the untrained backbone.
+  assert.deepEqual(plan[0].trainArgs, [...shared(0, 0), "--out", "runs/q/random-init-seed0"]);
   assert.equal(plan[0].dir, "runs/q/random-init-seed0");
   assert.deepEqual(plan[1].trainArgs, [
-    ...common,
-    "--steps",
-    "70",
-    "--eval-every",
-    "35",
-    ...evaluation,
-    "--seed",
-    "0",
-    "--log-every",
-    "10",
+    ...shared(70, 35),
     "--loss",
     "triplet",
     "--window",
@@ -204,7 +195,8 @@ Deno.test("budgets: the quick plan is the random init, seven methods and the cal
     "--out",
     "runs/q/triplet-seed0",
   ]);
-  assert.deepEqual(plan[3].trainArgs.slice(-6), [
+  assert.deepEqual(plan[3].trainArgs, [
+    ...shared(70, 35),
     "--loss",
     "rank-k",
     "--k",
@@ -212,17 +204,9 @@ Deno.test("budgets: the quick plan is the random init, seven methods and the cal
     "--out",
     "runs/q/rank-bernoulli-seed0",
   ]);
+  // The calibration: the weights stay put at lr 0 while BatchNorm statistics settle.
   assert.deepEqual(plan[8].trainArgs, [
-    ...common,
-    "--steps",
-    String(CALIBRATION_STEPS),
-    "--eval-every",
-    "0",
-    ...evaluation,
-    "--seed",
-    "0",
-    "--log-every",
-    "10",
+    ...shared(CALIBRATION_STEPS, 0),
     "--lr",
     "0",
     "--out",

@@ -264,13 +264,8 @@ export function resolveBudget(flags: Record<string, string | boolean | undefined
   preset.probeEpochs = nonNegativeInt("probe-epochs", str("probe-epochs")) ?? preset.probeEpochs;
   preset.batch = positiveInt("batch", str("batch")) ?? preset.batch;
   preset.lr = finiteNumber("lr", str("lr")) ?? preset.lr;
-  if (str("widths") !== undefined) {
-    const widths = str("widths")!.split(",").map(Number);
-    if (widths.length !== 4 || !widths.every((w) => Number.isInteger(w) && w >= 1)) {
-      throw new UserError(`--widths must be four positive integers A,B,C,D; got ${str("widths")}`);
-    }
-    preset.widths = widths as [number, number, number, number];
-  }
+  // train.ts parses and checks the widths (its message names the flag and the form).
+  if (str("widths") !== undefined) preset.widths = resolveConfig({ widths: str("widths") }).widths;
   preset.runs = str("runs") ?? preset.runs;
   preset.report = str("report") ?? preset.report;
   return preset;
