@@ -1,5 +1,5 @@
 /**
- * The experiment runner (tasks/experiment.ts): the method list and the report's generated text on
+ * The experiment runner (tasks/experiment.ts and tasks/experiment/): the method list and the report's generated text on
  * synthetic runs (no GPU), then `deno task experiment --quick` end to end as a user runs it (a
  * subprocess that itself runs tasks/train.ts): all seven methods, one seed, the quick budget
  * (widths 8/16/32/64, batch 64, 70 steps; ~10.5 minutes on the 2-core lavapipe machine); a rerun
@@ -21,13 +21,10 @@
  */
 import assert from "node:assert/strict";
 import { binomialTail } from "../models/bernoulli.ts";
-import {
-  BUDGETS,
-  buildReport,
-  describe,
-  experimentMethods,
-  type RunRecord,
-} from "../tasks/experiment.ts";
+import { describe } from "../models/statistics.ts";
+import { BUDGETS, experimentMethods } from "../tasks/experiment/budgets.ts";
+import { buildReport } from "../tasks/experiment/report.ts";
+import type { RunRecord } from "../tasks/experiment/runner.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TEST = { sanitizeOps: false, sanitizeResources: false };
@@ -93,6 +90,7 @@ Deno.test("experiment: the report's tables and discussion come from the numbers"
   ]);
   const report = buildReport({
     budget: {
+      dataset: "fashion-mnist",
       widths: [8, 16, 32, 64],
       batch: 128,
       steps: 20,
@@ -111,6 +109,7 @@ Deno.test("experiment: the report's tables and discussion come from the numbers"
     // The same weights with estimated BatchNorm statistics: kNN 50.0 and 51.0 (two seeds).
     calibratedInit: [0, 1].map((seed) => run("calibrated-init", seed, 0.5, 0.5 + 0.01 * seed)),
     classes: 10,
+    trainImages: 60000,
     command: "deno task experiment --steps 20",
     plotFile: "EXPERIMENTS-knn.svg",
     commentary: "\nOur reading: kept verbatim.\n",
