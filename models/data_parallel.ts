@@ -356,15 +356,14 @@ export async function assertSameConfig(collective: Collective, configJson: strin
   await collective.allReduceSum(differs);
   const differing = [...differs.keys()].filter((r) => differs[r] !== 0);
   if (differing.length === 0) return;
-  const fix = "start every rank with the same flags and files";
-  if (difference !== undefined) {
-    throw new Error(
-      `config of rank ${collective.rank} differs from rank 0's at ${difference}: ${fix}`,
-    );
-  }
+  // Every rank (rank 0 too, whose error may be the one printed) names the first differing field.
+  const first = differing[0];
+  const own = difference?.replace("this rank", `rank ${collective.rank}`) ?? "";
+  const field = await broadcastText(collective, own, first);
   throw new Error(
-    `config differs from rank 0's on rank ${differing.join(", ")} (its error names the field): ` +
-      fix,
+    `config of rank ${first} differs from rank 0's at ${field}` +
+      (differing.length > 1 ? ` (ranks ${differing.join(", ")} differ)` : "") +
+      ": start every rank with the same flags and files",
   );
 }
 
@@ -372,12 +371,17 @@ export async function assertSameConfig(collective: Collective, configJson: strin
  * Rank 0's `text` on every rank (other ranks' `text` is ignored), e.g. the resume metadata that only
  * rank 0's run directory holds.
  */
-export async function broadcastText(collective: Collective, text: string): Promise<string> {
-  const own = new TextEncoder().encode(collective.rank === 0 ? text : "");
+export async function broadcastText(
+  collective: Collective,
+  text: string,
+  root = 0,
+): Promise<string> {
+  const isRoot = collective.rank === root;
+  const own = new TextEncoder().encode(isRoot ? text : "");
   const length = new Uint32Array([own.length]);
-  await collective.broadcast(new Uint8Array(length.buffer), 0);
-  const bytes = collective.rank === 0 ? own : new Uint8Array(length[0]);
-  await collective.broadcast(bytes, 0);
+  await collective.broadcast(new Uint8Array(length.buffer), root);
+  const bytes = isRoot ? own : new Uint8Array(length[0]);
+  await collective.broadcast(bytes, root);
   return new TextDecoder().decode(bytes);
 }
 

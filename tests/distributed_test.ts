@@ -214,7 +214,10 @@ Deno.test({
     }).output();
     const stderr = new TextDecoder().decode(out.stderr);
     assert.notEqual(out.code, 0);
-    assert.match(stderr, /differs from rank 0's at "config.lr"|differs from rank 0's at "lr"/);
+    assert.match(
+      stderr,
+      /config of rank 1 differs from rank 0's at "config\.(overrides\.)?lr": rank 0 has "?1"?, rank 1 has "?2"?/,
+    );
     assert.equal(await Deno.stat(`${dir}/run`).then(() => true, () => false), false);
     await Deno.remove(dir, { recursive: true });
   },
