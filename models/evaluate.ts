@@ -490,6 +490,22 @@ export interface EvaluationResult {
   seconds: number;
 }
 
+/**
+ * The images an evaluation looks at: a seeded subset of `bankSize` training images (all when 0),
+ * in index order, and the first `testSize` test images (all when 0).
+ */
+export function evaluationIndices(
+  train: { length: number },
+  test: { length: number },
+  options: { bankSize: number; testSize: number; seed: number },
+): { bankIndices: Uint32Array; testIndices: Uint32Array } {
+  const bankSize = options.bankSize > 0 ? Math.min(options.bankSize, train.length) : train.length;
+  const testSize = options.testSize > 0 ? Math.min(options.testSize, test.length) : test.length;
+  const bankIndices = permutation(train.length, new Rng(options.seed ^ 0x5eed)).slice(0, bankSize);
+  bankIndices.sort();
+  return { bankIndices, testIndices: Uint32Array.from({ length: testSize }, (_, i) => i) };
+}
+
 /** Features of a seeded subset of the training split and of the test split, then kNN and probe. */
 export async function evaluateBackbone(
   gpu: Gpu,
@@ -500,11 +516,8 @@ export async function evaluateBackbone(
   onProgress?: (what: string, done: number, total: number) => void,
 ): Promise<EvaluationResult> {
   const start = performance.now();
-  const bankSize = options.bankSize > 0 ? Math.min(options.bankSize, train.length) : train.length;
-  const testSize = options.testSize > 0 ? Math.min(options.testSize, test.length) : test.length;
-  const bankIndices = permutation(train.length, new Rng(options.seed ^ 0x5eed)).slice(0, bankSize);
-  bankIndices.sort();
-  const testIndices = Uint32Array.from({ length: testSize }, (_, i) => i);
+  const { bankIndices, testIndices } = evaluationIndices(train, test, options);
+  const [bankSize, testSize] = [bankIndices.length, testIndices.length];
   const bank = await extractFeatures(
     gpu,
     backbone,

@@ -5,7 +5,7 @@
  */
 import type { Gpu } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
-import { extractFeatures, type ImageSource, knnClassify, permutation } from "./evaluate.ts";
+import { evaluationIndices, extractFeatures, type ImageSource, knnClassify } from "./evaluate.ts";
 import type { ResNet } from "./resnet.ts";
 
 /** Rows scaled to unit length (zero rows stay zero). */
@@ -283,11 +283,9 @@ export async function inspectBackbone(
   options: InsightOptions,
   onProgress?: (what: string, done: number, total: number) => void,
 ): Promise<Insight> {
-  const bankSize = options.bankSize > 0 ? Math.min(options.bankSize, train.length) : train.length;
-  const testSize = options.testSize > 0 ? Math.min(options.testSize, test.length) : test.length;
-  const bankIndices = permutation(train.length, new Rng(options.seed ^ 0x5eed)).slice(0, bankSize);
-  bankIndices.sort();
-  const testIndices = Uint32Array.from({ length: testSize }, (_, i) => i);
+  // The images evaluateBackbone looks at, so the numbers agree with its kNN top-1.
+  const { bankIndices, testIndices } = evaluationIndices(train, test, options);
+  const testSize = testIndices.length;
   const bank = await extractFeatures(
     gpu,
     backbone,

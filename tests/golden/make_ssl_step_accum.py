@@ -20,7 +20,9 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.resnet import BasicBlock
+
+# The model, LARS and the EMA momentum are make_ssl_step.py's (same widths, heads and optimizer).
+from make_ssl_step import Branch, ema_momentum, lars_step
 
 SEED = int(os.environ.get("SEED", "7"))
 torch.manual_seed(SEED)
@@ -41,51 +43,6 @@ FINAL = ["backbone.conv1.weight", "projector.0.weight", "projector.0.bias", "pro
 FINAL_ONLINE_ONLY = ["predictor.0.weight", "predictor.3.weight", "predictor.3.bias"]
 
 
-class SmallResNet18(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(CHANNELS, WIDTHS[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
-        self.relu = nn.ReLU(inplace=True)
-        inplanes = WIDTHS[0]
-        for stage, planes in enumerate(WIDTHS):
-            blocks = []
-            for i in range(2):
-                stride = 2 if (i == 0 and stage > 0) else 1
-                downsample = None
-                if stride != 1 or inplanes != planes:
-                    downsample = nn.Sequential(
-                        nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-                blocks.append(BasicBlock(inplanes, planes, stride, downsample))
-                inplanes = planes
-            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        for stage in range(4):
-            x = getattr(self, f"layer{stage + 1}")(x)
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-
-def mlp(i, h, o):
-    return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, o))
-
-
-class Branch(nn.Module):
-    def __init__(self, predictor):
-        super().__init__()
-        self.backbone = SmallResNet18()
-        for m in self.backbone.modules():
-            if isinstance(m, nn.Conv2d):  # METHOD.md: Kaiming fan-in
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        self.projector = mlp(WIDTHS[3], PROJ_HIDDEN, PROJ_OUT)
-        self.predictor = mlp(PROJ_OUT, PRED_HIDDEN, PROJ_OUT) if predictor else None
-
-    def forward(self, x, predict):
-        z = self.projector(self.backbone(x))
-        return self.predictor(z) if predict else z
-
-
 def triplet_direction(p, z):
     p = F.normalize(p, dim=1, eps=1e-12)
     z = F.normalize(z.detach(), dim=1, eps=1e-12)
@@ -99,26 +56,6 @@ def triplet_direction(p, z):
     # to make sure f32 cannot reorder the selection.
     gaps = (negatives[:, WINDOW[0] - 1] - negatives[:, WINDOW[0] - 2]).abs()
     return F.relu(GAMMA * d_ap - d_an + MARGIN).mean(), gaps.min().item()
-
-
-def lars_step(params, velocity, lr):
-    with torch.no_grad():
-        for name, w in params:
-            g = w.grad
-            excluded = w.ndim == 1  # every bias and every BatchNorm weight/bias is 1-D
-            wd = 0.0 if excluded else WD
-            trust = 1.0
-            if not excluded:
-                wn, gn = w.norm().item(), g.norm().item()
-                if wn > 0 and gn > 0:
-                    trust = ETA * wn / (gn + wd * wn)
-            v = MOMENTUM * velocity[name] + lr * trust * (g + wd * w)
-            velocity[name] = v
-            w.sub_(v)
-
-
-def ema_momentum(k, total):
-    return 1 - (1 - BASE_EMA) * (math.cos(math.pi * k / total) + 1) / 2
 
 
 def main():
