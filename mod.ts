@@ -155,6 +155,8 @@ export {
   type MicroBatch,
   SslModel,
   type SslModelConfig,
+  sslModelConfig,
+  type SslRecipe,
 } from "./models/ssl.ts";
 /** The smallest rank k whose negative deputy is a false negative with probability <= epsilon. */
 export { bernoulliK, binomialTail } from "./models/bernoulli.ts";

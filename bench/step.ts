@@ -22,7 +22,7 @@ import { reduceAll } from "../kernels/reduce.ts";
 import { sgdStep } from "../kernels/optimizer.ts";
 import { Context, Linear, type Parameter, zeroGrads } from "../models/layers.ts";
 import { ResNet } from "../models/resnet.ts";
-import { SslModel, type SslModelConfig } from "../models/ssl.ts";
+import { SslModel, sslModelConfig } from "../models/ssl.ts";
 import { KernelProfiler, type ProfileMode } from "../runtime/profiler.ts";
 import {
   type BenchContext,
@@ -295,18 +295,7 @@ function sslPresetStep(
   gpu: Gpu,
   preset: BenchPreset,
 ): { step: () => Promise<number>; images: number; label: string } {
-  const config: SslModelConfig = {
-    backbone: {
-      arch: preset.arch,
-      inChannels: 1,
-      smallImage: preset.smallImage,
-      widths: preset.widths,
-    },
-    projectorHidden: preset.projectorHidden,
-    projectorOut: preset.projectorOut,
-    predictorHidden: preset.predictorHidden,
-    loss: preset.loss,
-  };
+  const config = sslModelConfig(preset, 1);
   const { momentum, weightDecay, eta } = preset;
   const model = new SslModel(gpu, config, preset.batch, preset.seed, {
     momentum,

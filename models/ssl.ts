@@ -35,6 +35,28 @@ export interface SslModelConfig {
   headInit?: "torch-default" | "released";
 }
 
+/** What a recipe (a preset, a benchmark case) says about the model, flat. */
+export type SslRecipe =
+  & Pick<ResNetConfig, "arch" | "widths" | "smallImage">
+  & Omit<SslModelConfig, "backbone">;
+
+/** The model a recipe describes, for images of `inChannels` channels. */
+export function sslModelConfig(recipe: SslRecipe, inChannels: number): SslModelConfig {
+  return {
+    backbone: {
+      arch: recipe.arch,
+      inChannels,
+      smallImage: recipe.smallImage,
+      widths: recipe.widths,
+    },
+    projectorHidden: recipe.projectorHidden,
+    projectorOut: recipe.projectorOut,
+    predictorHidden: recipe.predictorHidden,
+    headInit: recipe.headInit,
+    loss: recipe.loss,
+  };
+}
+
 /** Optimiser settings (METHOD.md "Optimisation"). */
 export interface LarsConfig {
   momentum: number;

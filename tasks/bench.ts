@@ -10,6 +10,7 @@ import { acquireGpu } from "../runtime/gpu.ts";
 import { type BenchContext, type BenchRow, formatTable } from "../bench/harness.ts";
 import { formatProfile, hasProfile } from "../bench/profile.ts";
 import { PRESETS } from "./presets.ts";
+import { runMain, UserError } from "./cli.ts";
 
 const PARTS = ["matmul", "conv", "batchnorm", "loss", "data", "step"] as const;
 
@@ -20,26 +21,32 @@ const HELP = `usage: deno task bench [${PARTS.join("|")} ...] [flags]
   --json           print rows as JSON instead of a table
   --report FILE    write the Markdown report here (default BENCHMARKS.md; "-" to skip)`;
 
-async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      quick: { type: "boolean", default: false },
-      "no-tfjs": { type: "boolean", default: false },
-      profile: { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      report: { type: "string", default: "BENCHMARKS.md" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        quick: { type: "boolean", default: false },
+        "no-tfjs": { type: "boolean", default: false },
+        profile: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        report: { type: "string", default: "BENCHMARKS.md" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (e) {
+    throw new UserError(`${(e as Error).message}\n${HELP}`);
+  }
+  const { values, positionals } = parsed;
   if (values.help) {
     console.log(HELP);
-    return;
+    return 0;
   }
   const unknown = positionals.filter((p) => !(PARTS as readonly string[]).includes(p));
   if (unknown.length > 0) {
-    throw new Error(
+    throw new UserError(
       `unknown benchmark part ${unknown.join(", ")}: choose from ${PARTS.join(", ")}`,
     );
   }
@@ -67,6 +74,7 @@ async function main(): Promise<void> {
   }
   if (values.json) console.log(JSON.stringify(rows, null, 1));
   if (values.report !== "-") await writeReport(values.report, parts, rows, gpu.describe());
+  return 0;
 }
 
 async function writeReport(
@@ -104,9 +112,4 @@ async function cpuName(): Promise<string> {
   }
 }
 
-if (import.meta.main) {
-  main().catch((e) => {
-    console.error(`bench: ${(e as Error).message}`);
-    Deno.exit(1);
-  });
-}
+if (import.meta.main) runMain("bench", main);

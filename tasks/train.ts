@@ -6,7 +6,7 @@
 import { acquireGpu } from "../runtime/gpu.ts";
 import { Augmenter } from "../data/augment.ts";
 import { BatchLoader } from "../data/loader.ts";
-import { SslModel } from "../models/ssl.ts";
+import { SslModel, sslModelConfig } from "../models/ssl.ts";
 import { Schedule } from "../models/schedule.ts";
 import { checkBatchFits } from "../models/memory.ts";
 import { DivergedError, TrainingLog } from "../models/training_log.ts";
@@ -25,7 +25,6 @@ import {
   RESUME_FLAGS,
   type RunControl,
   runControl,
-  sslModelConfig,
   trainHelp,
 } from "./train_config.ts";
 import {

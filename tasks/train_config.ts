@@ -6,7 +6,6 @@
 import { parseArgs } from "node:util";
 import { type Dataset, DATASET_NAMES, DatasetError, loadDataset } from "../data/dataset.ts";
 import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augment_config.ts";
-import type { SslModelConfig } from "../models/ssl.ts";
 import type { EvaluationOptions } from "../models/evaluate.ts";
 import { ARCH_NAMES } from "../models/resnet.ts";
 import { LOSS_KINDS } from "../models/loss.ts";
@@ -393,23 +392,6 @@ export function augmentConfig(config: TrainConfig): AugmentConfig {
   }
   if (!config.randomRescale) delete views.rescale;
   return views;
-}
-
-/** The model a config describes, for images of `channels` channels. */
-export function sslModelConfig(config: TrainConfig, channels: number): SslModelConfig {
-  return {
-    backbone: {
-      arch: config.arch,
-      inChannels: channels,
-      smallImage: config.smallImage,
-      widths: config.widths,
-    },
-    projectorHidden: config.projectorHidden,
-    projectorOut: config.projectorOut,
-    predictorHidden: config.predictorHidden,
-    headInit: config.headInit,
-    loss: config.loss,
-  };
 }
 
 /** Images per forward pass when evaluation extracts features. */

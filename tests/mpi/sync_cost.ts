@@ -11,10 +11,9 @@ import { Rng } from "../../runtime/random.ts";
 import { openMpi } from "../../runtime/mpi.ts";
 import { Context } from "../../models/layers.ts";
 import { parameterCount } from "../../models/resnet.ts";
-import { Branch } from "../../models/ssl.ts";
+import { Branch, sslModelConfig } from "../../models/ssl.ts";
 import { GradientSync } from "../../models/data_parallel.ts";
 import { PRESETS } from "../../tasks/presets.ts";
-import { sslModelConfig } from "../../tasks/train_config.ts";
 
 const steps = Number(Deno.args[0] ?? 10);
 const presets = Deno.args.length > 1 ? Deno.args.slice(1) : ["small", "resnet50-imagenet"];
