@@ -56,8 +56,12 @@ export interface BenchRow {
   case: string;
   ours: Measurement;
   tfjs?: Measurement;
-  /** How many times faster we are than tfjs (tfjs ms / our ms). */
+  /** How many times faster we are than tfjs (tfjs ms / our ms), or than `pytorch` when set. */
   ratio?: number;
+  /** The same work in PyTorch on the CPU (step rows whose case says "vs PyTorch CPU"). */
+  pytorch?: Measurement;
+  /** Kernel dispatches our implementation encodes per iteration (step rows). */
+  dispatches?: number;
   note?: string;
 }
 

@@ -7,8 +7,10 @@
  *   tfjs-backend-webgpu on the same adapter, and PyTorch on the CPU
  *   (`bench/torch_reference_step.py`, when `/usr/bin/python3` imports torch).
  * - The SSL step of the preset the caller passes in its context (`tasks/bench.ts`: the default
- *   preset): `SslModel.step` on two views of a batch (random normal tensors of the views' shape;
- *   augmentation is timed by the data part). No peer; skipped when the context has no preset.
+ *   preset), and of the same preset at batch 256 with widths 16/32/64/128 (not in --quick):
+ *   `SslModel.step` on two views of a batch (random normal tensors of the views' shape;
+ *   augmentation is timed by the data part), its dispatch count, and the same step in PyTorch on
+ *   the CPU (`bench/torch_ssl_step.py`); skipped when the context has no preset.
  * - `--profile`: the per-kernel time breakdown of one reference step (runtime/profiler.ts),
  *   returned as an extra row carrying the profile; `tasks/bench.ts` prints its table.
  * Standalone: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/step.ts [--quick] [--no-tfjs]
@@ -23,6 +25,7 @@ import { sgdStep } from "../kernels/optimizer.ts";
 import { Context, Linear, type Parameter, zeroGrads } from "../models/layers.ts";
 import { ResNet } from "../models/resnet.ts";
 import { SslModel, sslModelConfig } from "../models/ssl.ts";
+import { deputyWindow, LOSS_DEFAULTS } from "../models/loss.ts";
 import { KernelProfiler, type ProfileMode } from "../runtime/profiler.ts";
 import {
   type BenchContext,
@@ -242,18 +245,21 @@ function perStep(ms: number, images: number) {
   return { ms, perSecond: images / (ms / 1000) };
 }
 
-/** What the PyTorch reference script reported, or why it did not run. */
+/** What a PyTorch peer script reported, or why it did not run. */
 type TorchOutcome =
   | { seconds: number; threads: number; version: string }
   | { notMeasured: string };
 
-/** Run bench/torch_reference_step.py with the system Python (optional: CI has no torch). */
-async function runTorchReference(steps: number): Promise<TorchOutcome> {
-  const script = new URL("./torch_reference_step.py", import.meta.url).pathname;
+/**
+ * Run one of our PyTorch peer scripts (`bench/<script>`) with the system Python, on as many
+ * threads as this machine has cores (optional: CI has no torch; exit status 3 says so).
+ */
+async function runTorchScript(script: string, args: string[]): Promise<TorchOutcome> {
+  const path = new URL(`./${script}`, import.meta.url).pathname;
   let output: Deno.CommandOutput;
   try {
     output = await new Deno.Command("/usr/bin/python3", {
-      args: [script, "--steps", String(steps), "--threads", String(navigator.hardwareConcurrency)],
+      args: [path, ...args, "--threads", String(navigator.hardwareConcurrency)],
       stdout: "piped",
       stderr: "piped",
       signal: AbortSignal.timeout(TORCH_TIMEOUT_MS),
@@ -290,6 +296,32 @@ async function runTorchReference(steps: number): Promise<TorchOutcome> {
   }
 }
 
+/**
+ * The row comparing our step (`oursMs`) with a PyTorch outcome: ratio = PyTorch time / ours,
+ * or "not measured" with the reason.
+ */
+function torchRow(
+  label: string,
+  ours: { ms: number; perSecond?: number },
+  images: number,
+  torch: TorchOutcome,
+  timedSteps: number,
+): BenchRow {
+  const row: BenchRow = { part: "step", case: `${label} vs PyTorch CPU`, ours };
+  if ("seconds" in torch) {
+    row.pytorch = perStep(torch.seconds * 1000, images);
+    row.ratio = (torch.seconds * 1000) / ours.ms;
+    row.note = `peer is PyTorch ${torch.version} CPU, ${torch.threads} threads: ` +
+      `${(torch.seconds * 1000).toFixed(0)} ms per step (${
+        (images / torch.seconds).toFixed(1)
+      }/s, ` +
+      `median of ${timedSteps}); ratio = PyTorch time / ours`;
+  } else {
+    row.note = `PyTorch CPU not measured (${torch.notMeasured})`;
+  }
+  return row;
+}
+
 /** A preset's model, its SSL step over random views, and the images per step. */
 function sslPresetStep(
   gpu: Gpu,
@@ -310,9 +342,10 @@ function sslPresetStep(
     view2: gpu.upload(rng.normals(viewSize), viewShape),
   }));
   const lossOut = gpu.zeros([model.lossSlots(preset.accum)]);
-  const label = `SSL step, preset ${preset.preset}: ${preset.arch} ` +
-    `${preset.widths.join("/")} ${preset.imageSize}x${preset.imageSize}x1, batch ` +
-    `${preset.batch}x${preset.accum}, ${preset.loss.kind} loss, LARS + EMA, loss read back`;
+  const label = `SSL step, ${preset.preset}: ${preset.arch} ` +
+    `${preset.widths.join("/")} ${preset.imageSize}x${preset.imageSize}x1, heads ` +
+    `${preset.projectorHidden}/${preset.projectorOut}, batch ${preset.batch}x${preset.accum}, ` +
+    `${preset.loss.kind} loss, LARS + EMA, loss read back`;
   return {
     step: async () => {
       model.step(microBatches, preset.lr, preset.emaBase, lossOut);
@@ -321,6 +354,89 @@ function sslPresetStep(
     },
     images: preset.batch * preset.accum,
     label,
+  };
+}
+
+/**
+ * Arguments of bench/torch_ssl_step.py for a preset, or why PyTorch cannot run the same step
+ * (the script implements the resnet18 small-image triplet step without accumulation).
+ */
+function torchSslArgs(preset: BenchPreset): string[] | { notMeasured: string } {
+  if (preset.arch !== "resnet18" || !preset.smallImage || preset.accum !== 1) {
+    return {
+      notMeasured: "the PyTorch peer covers resnet18 small-image steps without accumulation",
+    };
+  }
+  if (preset.loss.kind !== "triplet") {
+    return { notMeasured: `the PyTorch peer has the triplet loss, not ${preset.loss.kind}` };
+  }
+  const window = deputyWindow(preset.loss, preset.batch);
+  return [
+    ["--batch", preset.batch],
+    ["--widths", preset.widths.join(",")],
+    ["--image-size", preset.imageSize],
+    ["--projector-hidden", preset.projectorHidden],
+    ["--projector-out", preset.projectorOut],
+    ["--predictor-hidden", preset.predictorHidden],
+    ["--window", window.join(",")],
+    ["--gamma", preset.loss.gamma ?? LOSS_DEFAULTS.gamma],
+    ["--margin", preset.loss.margin ?? LOSS_DEFAULTS.margin],
+    ["--lr", preset.lr],
+    ["--momentum", preset.momentum],
+    ["--weight-decay", preset.weightDecay],
+    ["--eta", preset.eta],
+    ["--ema", preset.emaBase],
+  ].flatMap(([flag, value]) => [String(flag), String(value)]);
+}
+
+/** Kernel dispatches one call of `step` encodes (counted by a dispatch observer). */
+async function dispatchesPerStep(gpu: Gpu, step: () => Promise<number>): Promise<number> {
+  let count = 0;
+  const stop = gpu.observeDispatches(() => count++);
+  try {
+    await step();
+  } finally {
+    stop();
+  }
+  return count;
+}
+
+/**
+ * The SSL step of a preset: ours (median of `timedSteps` after a warm-up, and its dispatch
+ * count), then PyTorch's on the same CPU in the same run.
+ */
+export async function sslRows(
+  gpu: Gpu,
+  preset: BenchPreset,
+  timedSteps: number,
+): Promise<BenchRow[]> {
+  const ssl = sslPresetStep(gpu, preset);
+  const sslMs = median(await stepTimes("SSL step", ssl.step, timedSteps));
+  const dispatches = await dispatchesPerStep(gpu, ssl.step);
+  const ours = perStep(sslMs, ssl.images);
+  const oursRow: BenchRow = {
+    part: "step",
+    case: ssl.label,
+    ours,
+    dispatches,
+    note: `median of ${timedSteps} steps; ${dispatches} dispatches per step; images/s counts the ` +
+      `${ssl.images} images (two views each) of one optimizer step; views are random tensors ` +
+      "(augmentation is in the data part)",
+  };
+  const args = torchSslArgs(preset);
+  const torch = Array.isArray(args)
+    ? await runTorchScript("torch_ssl_step.py", [...args, "--steps", String(timedSteps)])
+    : args;
+  return [oursRow, torchRow(`SSL step, ${preset.preset}`, ours, ssl.images, torch, timedSteps)];
+}
+
+/** The preset a user with more time would pick: batch 256, widths doubled (16/32/64/128). */
+export function widerPreset(preset: BenchPreset): BenchPreset {
+  return {
+    ...preset,
+    preset: `${preset.preset} at batch 256, widths 16/32/64/128`,
+    batch: 256,
+    widths: [16, 32, 64, 128],
   };
 }
 
@@ -379,28 +495,13 @@ export async function run(ctx: BenchContext): Promise<BenchRow[]> {
   }
   rows.push(withRatio(tfjsRow));
 
-  const torch = await runTorchReference(ctx.quick ? 2 : 5);
-  const torchRow: BenchRow = { part: "step", case: "reference step vs PyTorch CPU", ours };
-  if ("seconds" in torch) {
-    torchRow.ratio = (torch.seconds * 1000) / oursMs;
-    torchRow.note = `peer is PyTorch ${torch.version} CPU, ${torch.threads} threads: ` +
-      `${(torch.seconds * 1000).toFixed(0)} ms per step ` +
-      `(${(batch / torch.seconds).toFixed(1)}/s); ratio = PyTorch time / ours`;
-  } else {
-    torchRow.note = `PyTorch CPU not measured (${torch.notMeasured})`;
-  }
-  rows.push(torchRow);
+  const torchSteps = ctx.quick ? 2 : 5;
+  const torch = await runTorchScript("torch_reference_step.py", ["--steps", String(torchSteps)]);
+  rows.push(torchRow("reference step", ours, batch, torch, torchSteps));
 
   if (ctx.preset) {
-    const ssl = sslPresetStep(gpu, ctx.preset);
-    const sslMs = median(await stepTimes("SSL step", ssl.step, ctx.quick ? 1 : 3));
-    rows.push({
-      part: "step",
-      case: ssl.label,
-      ours: perStep(sslMs, ssl.images),
-      note: `no peer; images/s counts the ${ssl.images} images (two views each) of one optimizer ` +
-        "step; views are random tensors (augmentation is in the data part)",
-    });
+    rows.push(...await sslRows(gpu, ctx.preset, timedSteps));
+    if (!ctx.quick) rows.push(...await sslRows(gpu, widerPreset(ctx.preset), timedSteps));
   }
 
   if (ctx.flags.profile) {
