@@ -11,8 +11,12 @@
  *   `SslModel.step` on two views of a batch (random normal tensors of the views' shape;
  *   augmentation is timed by the data part), its dispatch count, and the same step in PyTorch on
  *   the CPU (`bench/torch_ssl_step.py`); skipped when the context has no preset.
- * - `--profile`: the per-kernel time breakdown of one reference step (runtime/profiler.ts),
- *   returned as an extra row carrying the profile; `tasks/bench.ts` prints its table.
+ * - Each PyTorch peer runs as a `--serve` subprocess: after both warm up, our steps and its steps
+ *   alternate, so on a shared machine both see the same load (notes give the ranges and the
+ *   fastest steps).
+ * - `--profile`: the per-kernel time breakdown of one reference step and one SSL step of the
+ *   preset (runtime/profiler.ts), returned as extra rows carrying the profiles; `tasks/bench.ts`
+ *   prints their tables.
  * Standalone: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/step.ts [--quick] [--no-tfjs]
  * [--profile[=timestamps|sync-replay]]`.
  */
@@ -235,6 +239,11 @@ async function stepTimes(
   return ms;
 }
 
+/** "min-max ms" of step times (a wide range says the shared machine was busy). */
+function msRange(ms: number[]): string {
+  return `${Math.min(...ms).toFixed(0)}-${Math.max(...ms).toFixed(0)} ms`;
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
@@ -247,53 +256,155 @@ function perStep(ms: number, images: number) {
 
 /** What a PyTorch peer script reported, or why it did not run. */
 type TorchOutcome =
-  | { seconds: number; threads: number; version: string }
+  | { seconds: number; stepSeconds: number[]; threads: number; version: string }
   | { notMeasured: string };
 
-/**
- * Run one of our PyTorch peer scripts (`bench/<script>`) with the system Python, on as many
- * threads as this machine has cores (optional: CI has no torch; exit status 3 says so).
- */
-async function runTorchScript(script: string, args: string[]): Promise<TorchOutcome> {
-  const path = new URL(`./${script}`, import.meta.url).pathname;
-  let output: Deno.CommandOutput;
-  try {
-    output = await new Deno.Command("/usr/bin/python3", {
-      args: [path, ...args, "--threads", String(navigator.hardwareConcurrency)],
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(TORCH_TIMEOUT_MS),
-    }).output();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return { notMeasured: "python3 missing" };
-    return { notMeasured: `PyTorch script did not finish: ${(e as Error).message}` };
-  }
+/** Lines of a byte stream (the PyTorch peer's stdout). */
+async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder();
-  const lines = decoder.decode(output.stdout).trim().split("\n");
-  if (output.code === 3) return { notMeasured: "python3-torch missing" };
-  if (output.signal) {
-    return {
-      notMeasured: `PyTorch script stopped by ${output.signal} (time limit ${
-        TORCH_TIMEOUT_MS / 1000
-      } s)`,
-    };
+  let buffer = "";
+  for await (const chunk of stream) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let end: number;
+    while ((end = buffer.indexOf("\n")) >= 0) {
+      yield buffer.slice(0, end);
+      buffer = buffer.slice(end + 1);
+    }
   }
-  if (!output.success) {
-    const why = decoder.decode(output.stderr).trim().split("\n").at(-1) ?? "";
-    return { notMeasured: `PyTorch script failed (exit ${output.code}): ${why}` };
+  if (buffer) yield buffer;
+}
+
+/** Resolve `promise`, or reject after `ms` naming `what`. */
+function timeLimit<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took over ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A PyTorch peer script run with `--serve`: warmed up, it times one step per request, so its
+ * steps interleave with ours and both see the same load on a shared machine.
+ */
+class TorchPeer {
+  private constructor(
+    private child: Deno.ChildProcess,
+    private lines: AsyncGenerator<string>,
+    private input: WritableStreamDefaultWriter<Uint8Array>,
+    readonly threads: number,
+    readonly version: string,
+  ) {}
+
+  /** Start `bench/<script>` and wait for its warm-up; or say why it cannot run. */
+  static async start(script: string, args: string[]): Promise<TorchPeer | { notMeasured: string }> {
+    const path = new URL(`./${script}`, import.meta.url).pathname;
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command("/usr/bin/python3", {
+        args: [path, ...args, "--threads", String(navigator.hardwareConcurrency), "--serve"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return { notMeasured: "python3 missing" };
+      return { notMeasured: `PyTorch script did not start: ${(e as Error).message}` };
+    }
+    const lines = readLines(child.stdout);
+    const input = child.stdin.getWriter();
+    let first: IteratorResult<string>;
+    try {
+      first = await timeLimit(lines.next(), TORCH_TIMEOUT_MS, "the PyTorch warm-up");
+    } catch (e) {
+      child.kill();
+      await child.status;
+      return { notMeasured: (e as Error).message };
+    }
+    const ready = first.done ? undefined : parseJson(first.value);
+    if (!ready || ready.ready !== true) {
+      await input.close().catch(() => {});
+      const status = await child.status;
+      if (status.code === 3) return { notMeasured: "python3-torch missing" };
+      const stderr = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+      const why = stderr.trim().split("\n").at(-1) ?? "";
+      return { notMeasured: `PyTorch script failed (exit ${status.code}): ${why}` };
+    }
+    return new TorchPeer(child, lines, input, Number(ready.threads), String(ready.torch));
   }
+
+  /** Seconds of one PyTorch step. */
+  async step(): Promise<number> {
+    await this.input.write(new TextEncoder().encode("step\n"));
+    const line = await timeLimit(this.lines.next(), TORCH_TIMEOUT_MS, "a PyTorch step");
+    const reply = line.done ? undefined : parseJson(line.value);
+    if (typeof reply?.seconds !== "number") {
+      throw new Error(`the PyTorch peer answered ${line.done ? "nothing" : line.value}`);
+    }
+    return reply.seconds;
+  }
+
+  async close(): Promise<void> {
+    await this.input.close().catch(() => {});
+    await this.child.stderr.cancel().catch(() => {});
+    await this.child.status;
+  }
+}
+
+function parseJson(text: string): Record<string, unknown> | undefined {
   try {
-    const result = JSON.parse(lines.at(-1) ?? "") as {
-      pytorchSecondsPerStep: number;
-      threads: number;
-      torch: string;
-    };
-    const seconds = result.pytorchSecondsPerStep;
-    if (typeof seconds !== "number" || !(seconds > 0)) throw new Error("no time in the output");
-    return { seconds, threads: result.threads, version: result.torch };
-  } catch (e) {
-    return { notMeasured: `PyTorch script printed no result: ${(e as Error).message}` };
+    return JSON.parse(text);
+  } catch {
+    return undefined;
   }
+}
+
+/**
+ * Our step and the PyTorch peer's, one step each in turn after a warm-up of each, `timed` times:
+ * our step times (ms) and PyTorch's outcome. Without the peer, just our steps.
+ */
+async function interleavedWithTorch(
+  what: string,
+  step: () => Promise<number>,
+  script: string,
+  args: string[] | { notMeasured: string },
+  timed: number,
+): Promise<{ ours: number[]; torch: TorchOutcome }> {
+  const peer = Array.isArray(args) ? await TorchPeer.start(script, args) : args;
+  if (!(peer instanceof TorchPeer)) {
+    return { ours: await stepTimes(what, step, timed), torch: peer };
+  }
+  const check = (loss: number) => {
+    if (!Number.isFinite(loss)) throw new Error(`${what}: the loss is ${loss}`);
+  };
+  const ours: number[] = [];
+  const torchSeconds: number[] = [];
+  try {
+    check(await step()); // compiles pipelines, fills the buffer pool (PyTorch warmed up already)
+    for (let i = 0; i < timed; i++) {
+      const start = performance.now();
+      const loss = await step();
+      ours.push(performance.now() - start);
+      check(loss);
+      torchSeconds.push(await peer.step());
+    }
+  } catch (e) {
+    await peer.close();
+    if (ours.length === timed) {
+      return { ours, torch: { notMeasured: `PyTorch step failed: ${(e as Error).message}` } };
+    }
+    throw e;
+  }
+  await peer.close();
+  return {
+    ours,
+    torch: {
+      seconds: median(torchSeconds),
+      stepSeconds: torchSeconds,
+      threads: peer.threads,
+      version: peer.version,
+    },
+  };
 }
 
 /**
@@ -305,17 +416,25 @@ function torchRow(
   ours: { ms: number; perSecond?: number },
   images: number,
   torch: TorchOutcome,
-  timedSteps: number,
+  oursTimes: number[],
 ): BenchRow {
+  const timedSteps = oursTimes.length;
   const row: BenchRow = { part: "step", case: `${label} vs PyTorch CPU`, ours };
   if ("seconds" in torch) {
     row.pytorch = perStep(torch.seconds * 1000, images);
     row.ratio = (torch.seconds * 1000) / ours.ms;
-    row.note = `peer is PyTorch ${torch.version} CPU, ${torch.threads} threads: ` +
-      `${(torch.seconds * 1000).toFixed(0)} ms per step (${
-        (images / torch.seconds).toFixed(1)
-      }/s, ` +
-      `median of ${timedSteps}); ratio = PyTorch time / ours`;
+    const perSecond = (images / torch.seconds).toFixed(1);
+    const range = msRange(torch.stepSeconds.map((t) => t * 1000));
+    // Load from other processes only adds time: the fastest steps bound what each can do.
+    const fastestTorch = Math.min(...torch.stepSeconds) * 1000;
+    const fastestOurs = Math.min(...oursTimes);
+    row.note =
+      `peer is PyTorch ${torch.version} CPU, ${torch.threads} threads, steps interleaved ` +
+      `with ours: ${(torch.seconds * 1000).toFixed(0)} ms per step (${perSecond}/s, median of ` +
+      `${timedSteps}, range ${range}); ratio = PyTorch time / ours; fastest steps ` +
+      `${fastestTorch.toFixed(0)} vs ${fastestOurs.toFixed(0)} ms (${
+        (fastestTorch / fastestOurs).toFixed(2)
+      }x)`;
   } else {
     row.note = `PyTorch CPU not measured (${torch.notMeasured})`;
   }
@@ -409,9 +528,19 @@ export async function sslRows(
   gpu: Gpu,
   preset: BenchPreset,
   timedSteps: number,
+  profile?: ProfileMode | "auto",
 ): Promise<BenchRow[]> {
   const ssl = sslPresetStep(gpu, preset);
-  const sslMs = median(await stepTimes("SSL step", ssl.step, timedSteps));
+  const args = torchSslArgs(preset);
+  const measured = await interleavedWithTorch(
+    "SSL step",
+    ssl.step,
+    "torch_ssl_step.py",
+    args,
+    timedSteps,
+  );
+  const sslTimes = measured.ours;
+  const sslMs = median(sslTimes);
   const dispatches = await dispatchesPerStep(gpu, ssl.step);
   const ours = perStep(sslMs, ssl.images);
   const oursRow: BenchRow = {
@@ -419,15 +548,19 @@ export async function sslRows(
     case: ssl.label,
     ours,
     dispatches,
-    note: `median of ${timedSteps} steps; ${dispatches} dispatches per step; images/s counts the ` +
+    note: `median of ${timedSteps} steps (range ${msRange(sslTimes)}); ${dispatches} dispatches ` +
+      "per step; images/s counts the " +
       `${ssl.images} images (two views each) of one optimizer step; views are random tensors ` +
       "(augmentation is in the data part)",
   };
-  const args = torchSslArgs(preset);
-  const torch = Array.isArray(args)
-    ? await runTorchScript("torch_ssl_step.py", [...args, "--steps", String(timedSteps)])
-    : args;
-  return [oursRow, torchRow(`SSL step, ${preset.preset}`, ours, ssl.images, torch, timedSteps)];
+  const rows = [
+    oursRow,
+    torchRow(`SSL step, ${preset.preset}`, ours, ssl.images, measured.torch, sslTimes),
+  ];
+  if (profile) {
+    rows.push(await profileStep(gpu, `SSL step, ${preset.preset}`, ssl.step, ssl.images, profile));
+  }
+  return rows;
 }
 
 /** The preset a user with more time would pick: batch 256, widths doubled (16/32/64/128). */
@@ -441,16 +574,32 @@ export function widerPreset(preset: BenchPreset): BenchPreset {
 }
 
 /** Profile one (already warmed-up) reference step kernel by kernel. */
-export async function profileReferenceStep(
+export function profileReferenceStep(
   reference: ReferenceStep,
   mode: ProfileMode | "auto" = "auto",
 ): Promise<ProfiledRow> {
-  const gpu = reference.gpu;
+  return profileStep(
+    reference.gpu,
+    "reference step",
+    () => reference.step(),
+    REFERENCE.batch,
+    mode,
+  );
+}
+
+/** Profile one (already warmed-up) call of a step kernel by kernel. */
+async function profileStep(
+  gpu: Gpu,
+  what: string,
+  step: () => Promise<number>,
+  images: number,
+  mode: ProfileMode | "auto",
+): Promise<ProfiledRow> {
   await gpu.sync();
   const profiler = new KernelProfiler(mode);
   const start = performance.now();
   profiler.start(gpu);
-  await reference.step();
+  await step();
   const wallMs = performance.now() - start;
   const profile = await profiler.stop();
   const top = profile.rows.slice(0, 3)
@@ -458,8 +607,8 @@ export async function profileReferenceStep(
   const dispatches = profile.rows.reduce((n, r) => n + r.calls, 0);
   return {
     part: "step",
-    case: `reference step under the kernel profiler (${profile.mode})`,
-    ours: { ms: wallMs, perSecond: REFERENCE.batch / (wallMs / 1000) },
+    case: `${what} under the kernel profiler (${profile.mode})`,
+    ours: { ms: wallMs, perSecond: images / (wallMs / 1000) },
     note: `${dispatches} dispatches, ${profile.kernelMs.toFixed(0)} ms in kernels; top: ${top}`,
     profile,
   };
@@ -473,11 +622,20 @@ export async function run(ctx: BenchContext): Promise<BenchRow[]> {
   const { batch, widths, imageSize, inChannels } = REFERENCE;
 
   const reference = new ReferenceStep(gpu);
-  const oursMs = median(await stepTimes("reference step", () => reference.step(), timedSteps));
+  const referenceRun = await interleavedWithTorch(
+    "reference step",
+    () => reference.step(),
+    "torch_reference_step.py",
+    [],
+    timedSteps,
+  );
+  const referenceTimes = referenceRun.ours;
+  const oursMs = median(referenceTimes);
   const ours = perStep(oursMs, batch);
   const referenceCase = `reference: resnet18 small ${widths.join("/")} ${imageSize}x${imageSize}x` +
     `${inChannels}, batch ${batch}, fwd+bwd+SGD+loss readback`;
-  const oursNote = `ours: median of ${timedSteps} steps; target <= ${TARGET_SECONDS} s ` +
+  const oursNote = `ours: median of ${timedSteps} steps (range ${msRange(referenceTimes)}); ` +
+    `target <= ${TARGET_SECONDS} s ` +
     `(PyTorch CPU measured ${PYTORCH_BASELINE_SECONDS} s here)`;
   const tfjsRow: BenchRow = { part: "step", case: referenceCase, ours };
   if (!ctx.withTfjs) {
@@ -495,21 +653,19 @@ export async function run(ctx: BenchContext): Promise<BenchRow[]> {
   }
   rows.push(withRatio(tfjsRow));
 
-  const torchSteps = ctx.quick ? 2 : 5;
-  const torch = await runTorchScript("torch_reference_step.py", ["--steps", String(torchSteps)]);
-  rows.push(torchRow("reference step", ours, batch, torch, torchSteps));
+  rows.push(torchRow("reference step", ours, batch, referenceRun.torch, referenceTimes));
 
+  const profile = !ctx.flags.profile
+    ? undefined
+    : ctx.flags.profile === "sync-replay" || ctx.flags.profile === "timestamps"
+    ? ctx.flags.profile
+    : "auto";
   if (ctx.preset) {
-    rows.push(...await sslRows(gpu, ctx.preset, timedSteps));
+    rows.push(...await sslRows(gpu, ctx.preset, timedSteps, profile));
     if (!ctx.quick) rows.push(...await sslRows(gpu, widerPreset(ctx.preset), timedSteps));
   }
 
-  if (ctx.flags.profile) {
-    const mode = ctx.flags.profile === "sync-replay" || ctx.flags.profile === "timestamps"
-      ? ctx.flags.profile
-      : "auto";
-    rows.push(await profileReferenceStep(reference, mode));
-  }
+  if (profile) rows.push(await profileReferenceStep(reference, profile));
   return rows;
 }
 
@@ -526,6 +682,6 @@ if (import.meta.main) {
   const result = await run({ gpu, quick, withTfjs, flags: { profile } });
   console.log(formatTable(result));
   for (const row of result) {
-    if (hasProfile(row)) console.log(`\n${formatProfile(row.profile, "reference step")}`);
+    if (hasProfile(row)) console.log(`\n${formatProfile(row.profile, row.case)}`);
   }
 }

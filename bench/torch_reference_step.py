@@ -9,7 +9,7 @@ update, loss read back (`.item()`). Prints one JSON line:
 (the median of --steps timed steps after one warm-up step), or, without torch, prints
 {"error": "..."} and exits with status 3. Optional: bench/step.ts runs it when torch imports.
 
-Usage: /usr/bin/python3 bench/torch_reference_step.py [--steps 5] [--threads N]
+Usage: /usr/bin/python3 bench/torch_reference_step.py [--steps 5] [--threads N] [--serve]
 """
 import argparse
 import json
@@ -58,9 +58,27 @@ def build_model(torch):
     return nn.Sequential(*layers)
 
 
+def serve(step, torch):
+    """Time one step per line on stdin, one JSON line each, until stdin closes."""
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__}),
+          flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        loss = step()
+        seconds = time.perf_counter() - start
+        if loss != loss:
+            print(json.dumps({"error": "the loss is NaN"}), flush=True)
+            sys.exit(1)
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the warm-up print {\"ready\": true}, then time one step per "
+                        "line read from stdin and print {\"seconds\": x} (bench/step.ts "
+                        "interleaves these steps with its own)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     try:
@@ -84,6 +102,9 @@ def main():
         return loss.item()
 
     step()  # warm-up: allocations, oneDNN primitive caches
+    if args.serve:
+        serve(step, torch)
+        return
     seconds = []
     for _ in range(args.steps):
         start = time.perf_counter()

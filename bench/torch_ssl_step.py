@@ -18,7 +18,7 @@ Prints one JSON line: {"pytorchSecondsPerStep": median, "stepSeconds": [...], "t
 Usage: /usr/bin/python3 bench/torch_ssl_step.py [--batch 64] [--widths 8,16,32,64]
   [--image-size 28] [--projector-hidden 512] [--projector-out 64] [--predictor-hidden 512]
   [--window 11,19] [--gamma 2] [--margin 100] [--lr 3.0] [--momentum 0.9] [--weight-decay 1e-6]
-  [--eta 0.001] [--ema 0.9] [--steps 5] [--threads N]
+  [--eta 0.001] [--ema 0.9] [--steps 5] [--threads N] [--serve]
 """
 import argparse
 import copy
@@ -73,6 +73,20 @@ def mlp(nn, in_features, hidden, out_features):
     )
 
 
+def serve(step, torch):
+    """Time one step per line on stdin, one JSON line each, until stdin closes."""
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__}),
+          flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        loss = step()
+        seconds = time.perf_counter() - start
+        if loss != loss:
+            print(json.dumps({"error": "the loss is NaN"}), flush=True)
+            sys.exit(1)
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -90,6 +104,10 @@ def main():
     parser.add_argument("--eta", type=float, default=0.001)
     parser.add_argument("--ema", type=float, default=0.9, help="EMA momentum m")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the warm-up print {\"ready\": true}, then time one step per "
+                        "line read from stdin and print {\"seconds\": x} (bench/step.ts "
+                        "interleaves these steps with its own)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     if len(args.widths) != 4 or len(args.window) != 2:
@@ -174,6 +192,9 @@ def main():
         return loss.item()
 
     step()  # warm-up: allocations, oneDNN primitive caches
+    if args.serve:
+        serve(step, torch)
+        return
     seconds = []
     for _ in range(args.steps):
         start = time.perf_counter()

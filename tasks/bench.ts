@@ -17,7 +17,7 @@ const PARTS = ["matmul", "conv", "batchnorm", "loss", "data", "step"] as const;
 const HELP = `usage: deno task bench [${PARTS.join("|")} ...] [flags]
   --quick          fewer, smaller cases
   --no-tfjs        skip the tfjs-backend-webgpu comparison
-  --profile        (step) per-kernel time breakdown of one training step
+  --profile        (step) per-kernel time breakdown of one reference and one SSL step
   --json           print rows as JSON instead of a table
   --report FILE    write the Markdown report here (default BENCHMARKS.md; "-" to skip)`;
 
