@@ -122,22 +122,17 @@ async function main(): Promise<number> {
     return 0;
   }
   const control = runControl(flags);
-  if (!flags.distributed) return await train(flags, control, undefined);
-  const mpi = (() => {
-    try {
-      // TRITRAIN_MPI_LIBRARY: another MPICH-ABI library (e.g. Intel MPI's libmpi.so.12).
-      return openMpi({ library: Deno.env.get("TRITRAIN_MPI_LIBRARY") || undefined });
-    } catch (e) {
-      throw new UserError((e as Error).message);
-    }
-  })();
-  const code = await train(flags, control, mpi);
+  if (!flags.distributed) return await runTraining(flags, control, undefined);
+  // TRITRAIN_MPI_LIBRARY: another MPICH-ABI library (e.g. Intel MPI's libmpi.so.12).
+  const library = Deno.env.get("TRITRAIN_MPI_LIBRARY") || undefined;
+  const mpi = userErrorFrom(() => openMpi({ library }));
+  const code = await runTraining(flags, control, mpi);
   mpi.finalize();
   return code;
 }
 
 /** One training run (one rank of it when `mpi` is given). */
-async function train(
+async function runTraining(
   flags: Flags,
   control: RunControl,
   mpi: Collective | undefined,

@@ -78,9 +78,9 @@ Deno.test({
     const config = JSON.parse(await Deno.readTextFile(`${dir}/ranks/config.json`));
     assert.equal(config.ranks, 2);
 
-    // Weights, optimizer state and online running statistics. Excluded: batch counters (each
-    // rank counts its own forwards) and the target's running statistics (the target forward of
-    // each rank updates them from its own micro-batch before the EMA).
+    // Weights, optimizer state and online running statistics. Excluded: the batch counters (each
+    // rank counts its own forwards) and the target's running statistics (training never reads
+    // them: the target normalises with batch statistics).
     const [ta, tb] = [
       await checkpointTensors(`${dir}/alone`),
       await checkpointTensors(`${dir}/ranks`),
