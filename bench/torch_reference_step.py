@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+from torch_ssl_step import build_backbone, serve
+
 TORCH_MISSING_EXIT = 3
 
 BATCH = 64
@@ -30,46 +32,9 @@ MOMENTUM = 0.9
 
 
 def build_model(torch):
+    # The SSL peer's backbone (same torchvision BasicBlocks) with a linear head.
     from torch import nn
-    from torchvision.models.resnet import BasicBlock
-
-    def stage(in_planes, planes, stride):
-        downsample = None
-        if stride != 1 or in_planes != planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        return nn.Sequential(
-            BasicBlock(in_planes, planes, stride, downsample),
-            BasicBlock(planes, planes),
-        )
-
-    layers = [
-        nn.Conv2d(IN_CHANNELS, WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False),
-        nn.BatchNorm2d(WIDTHS[0]),
-        nn.ReLU(inplace=True),
-    ]
-    in_planes = WIDTHS[0]
-    for index, planes in enumerate(WIDTHS):
-        layers.append(stage(in_planes, planes, 1 if index == 0 else 2))
-        in_planes = planes
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTHS[-1], OUT_FEATURES)]
-    return nn.Sequential(*layers)
-
-
-def serve(step, torch):
-    """Time one step per line on stdin, one JSON line each, until stdin closes."""
-    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__}),
-          flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        loss = step()
-        seconds = time.perf_counter() - start
-        if loss != loss:
-            print(json.dumps({"error": "the loss is NaN"}), flush=True)
-            sys.exit(1)
-        print(json.dumps({"seconds": seconds}), flush=True)
+    return nn.Sequential(build_backbone(nn, WIDTHS, IN_CHANNELS), nn.Linear(WIDTHS[-1], OUT_FEATURES))
 
 
 def main():

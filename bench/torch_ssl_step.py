@@ -36,7 +36,7 @@ def int_list(text):
     return [int(v) for v in text.split(",")]
 
 
-def build_backbone(nn, widths):
+def build_backbone(nn, widths, in_channels=IN_CHANNELS):
     from torchvision.models.resnet import BasicBlock
 
     def stage(in_planes, planes, stride):
@@ -52,7 +52,7 @@ def build_backbone(nn, widths):
         )
 
     layers = [
-        nn.Conv2d(IN_CHANNELS, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
+        nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
         nn.ReLU(inplace=True),
     ]
