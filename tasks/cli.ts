@@ -8,9 +8,12 @@ export class UserError extends Error {
   }
 }
 
-/** Run a task's main, turning errors into one clear line and a non-zero exit code. */
+/**
+ * Run a task's main, turning errors into one clear line and a non-zero exit code. A bad
+ * TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input.
+ */
 export function runMain(task: string, main: () => Promise<number | void>): void {
-  main().then(
+  Promise.resolve().then(() => kernelPlanSetting(undefined)).then(main).then(
     (code) => Deno.exit(typeof code === "number" ? code : 0),
     (e) => {
       const error = e as Error;
