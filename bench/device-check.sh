@@ -3,7 +3,8 @@
 #   1. unpack the Deno carried in .device/ (and the npm packages the tests import),
 #   2. check that WebGPU finds an adapter that is not a fallback (CPU) one, and print its info,
 #   3. run the test suite (every kernel test runs under both the CPU and the GPU plans),
-#   4. run `deno task bench step --no-tfjs` and `deno task bench conv --no-tfjs`,
+#   4. run `deno task bench step --no-tfjs` and `deno task bench conv --no-tfjs`, and `bench conv`
+#      again under the CPU plans (do the GPU plans beat what lavapipe was tuned for, on a GPU?),
 #   5. write a BENCHMARKS.md-style section named after the adapter and the date.
 # Each part has its own time limit, so one that hangs cannot eat the others' time; a failed part
 # is reported in the section and the script goes on (exit status 1 at the end if any failed).
@@ -28,12 +29,14 @@
 #   --allow-fallback   go on when only a fallback (CPU) adapter is found (to try the script)
 #   --tests "FILES"    test files to run (default: tests/; files that need the fashion-mnist
 #                      dataset are left out when /usr/share/datasets/fashion-mnist is missing)
-#   --parts "PARTS"    bench parts (default: "step conv"); "" for none
+#   --parts "PARTS"    bench parts (default: "step conv conv@cpu"; PART@KIND runs PART under
+#                      those kernel plans); "" for none
 #   --quick            pass --quick to the bench (fewer, smaller cases)
-#   --kernel-plan K    run the benches under these kernel plans (auto | gpu | cpu; default auto)
+#   --kernel-plan K    the benches' kernel plans where PARTS names none (auto | gpu | cpu;
+#                      default auto)
 #   --pack             build .device/ from this checkout and stop
-# Time limits in seconds (environment): TEST_SECONDS (default 270), STEP_SECONDS (150),
-# CONV_SECONDS (90), other parts BENCH_SECONDS (120).
+# Time limits in seconds (environment): TEST_SECONDS (default 240), STEP_SECONDS (120),
+# CONV_SECONDS (75, for each conv part), other parts BENCH_SECONDS (90).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,7 +46,7 @@ say() { echo "device-check: $*" >&2; }
 out_dir="${OUT:-$ROOT/runs/device-check}"
 allow_fallback=0
 tests="tests/"
-parts="step conv"
+parts="step conv conv@cpu"
 quick=()
 kernel_plan=auto
 pack=0
@@ -219,7 +222,7 @@ if [ "$(nproc)" -ge 8 ]; then
   export DENO_JOBS="${DENO_JOBS:-8}"
 fi
 if [ ${#test_files[@]} -gt 0 ]; then
-  run_part tests "${TEST_SECONDS:-270}" "$DENO" test -A --no-check=remote "${parallel[@]}" \
+  run_part tests "${TEST_SECONDS:-240}" "$DENO" test -A --no-check=remote "${parallel[@]}" \
     "${test_files[@]}"
   test_summary=$(grep -E '^(ok|FAILED) \|' "$out_dir/tests.log" | tail -1 || true)
   test_failures=$(sed -n '/^FAILURES/,$p' "$out_dir/tests.log" | grep -F ' => ' | head -20 || true)
@@ -227,17 +230,20 @@ fi
 
 # ---- 4. the benches ----
 bench_sections=()
-for part in $parts; do
+for spec in $parts; do
+  part=${spec%@*}
+  plan=$kernel_plan
+  [ "$spec" = "$part" ] || plan=${spec#*@}
   case $part in
-    step) limit=${STEP_SECONDS:-150} ;;
-    conv) limit=${CONV_SECONDS:-90} ;;
-    *) limit=${BENCH_SECONDS:-120} ;;
+    step) limit=${STEP_SECONDS:-120} ;;
+    conv) limit=${CONV_SECONDS:-75} ;;
+    *) limit=${BENCH_SECONDS:-90} ;;
   esac
-  report="$out_dir/bench-$part.md"
+  report="$out_dir/bench-$spec.md"
   rm -f "$report"
-  run_part "bench-$part" "$limit" "$DENO" run -A --unstable-webgpu tasks/bench.ts "$part" \
-    --no-tfjs "${quick[@]}" --kernel-plan "$kernel_plan" --report "$report"
-  [ -f "$report" ] && bench_sections+=("$report")
+  run_part "bench-$spec" "$limit" "$DENO" run -A --unstable-webgpu tasks/bench.ts "$part" \
+    --no-tfjs "${quick[@]}" --kernel-plan "$plan" --report "$report"
+  if [ -f "$report" ]; then bench_sections+=("$report"); fi
 done
 
 # ---- 5. the section ----
@@ -270,9 +276,10 @@ section="$out_dir/BENCHMARKS-device.md"
     echo
   fi
   # Each bench report is a one-section BENCHMARKS.md: drop its "# Benchmarks" head, demote its
-  # "## parts (date)" to a subsection.
+  # "## part (date)" to a subsection named after the part and its kernel plans ("conv@cpu").
   for report in "${bench_sections[@]}"; do
-    sed -n '/^## /,$p' "$report" | sed 's/^## /### bench /'
+    spec=$(basename "$report" .md)
+    sed -n '/^## /,$p' "$report" | sed "s/^## [^(]*/### bench ${spec#bench-} /"
     echo
   done
 } >"$section"
