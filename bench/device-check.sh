@@ -15,8 +15,9 @@
 # which writes
 #   .device/deno.xz              = xz -T2 -9 -k -c node_modules/deno/deno
 #   .device/node_modules.tar.xz  = the npm packages the tests and tasks import (fast-png, jpeg-js,
-#                                  vega, vega-lite and their dependencies; tfjs is left out: the
-#                                  benches run with --no-tfjs and load tfjs only when asked)
+#                                  vega, vega-lite, the type packages the type check reads, and
+#                                  their dependencies: ~2.5 MB; tfjs is left out: the benches run
+#                                  with --no-tfjs and load tfjs only when asked)
 # Run there, from the repository root (the device tool: carry [".device"]; its $OUT comes back):
 #   bash bench/device-check.sh
 # A try on a CPU-only machine (lavapipe), one small test file and one quick bench part:
@@ -69,8 +70,9 @@ case "$kernel_plan" in
 esac
 
 # ---- --pack: Deno and the small npm packages into .device/ ----
-# The npm packages the code imports by bare name, minus tfjs (bench-only, 290 MB, loaded lazily).
-NPM_ROOTS=(fast-png jpeg-js vega vega-lite)
+# The npm packages the code imports by bare name, minus tfjs (bench-only, 290 MB, loaded lazily),
+# and the type packages `deno test` type-checks against.
+NPM_ROOTS=(fast-png jpeg-js vega vega-lite @types/node @webgpu/types)
 if [ "$pack" = 1 ]; then
   [ -x node_modules/deno/deno ] || { say "no node_modules/deno/deno here: run ./setup.sh first"; exit 1; }
   mkdir -p .device

@@ -61,8 +61,8 @@ export function planDevice(gpu: Gpu): PlanDevice {
 
 /**
  * Where a GEMM reads its operands: textures when asked ("texture"), or by default ("auto") under
- * CPU plans (fallback adapters such as lavapipe), whose per-lane texture loads cost about a third of storage-buffer
- * loads; buffers otherwise, and always when an operand does not fit a texture.
+ * CPU plans (fallback adapters such as lavapipe, whose per-lane texture loads cost about a third
+ * of storage-buffer loads); buffers otherwise, and always when an operand does not fit a texture.
  */
 export function operandSource(
   mode: OperandSource,
