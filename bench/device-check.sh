@@ -10,7 +10,7 @@
 # is reported in the section and the script goes on (exit status 1 at the end if any failed).
 #
 # Prepare, on the machine with the checkout (.device/ is git-ignored; the device tool carries at
-# most 64 MiB, so only Deno and the small npm packages travel, not tfjs or the datasets):
+# most 64 MiB, so tfjs (290 MB) stays behind, and the dataset travels only when asked):
 #   bash bench/device-check.sh --pack
 # which writes
 #   .device/deno.xz              = xz -T2 -9 -k -c node_modules/deno/deno
@@ -18,8 +18,9 @@
 #                                  vega, vega-lite, the type packages the type check reads, and
 #                                  their dependencies: ~2.5 MB; tfjs is left out: the benches run
 #                                  with --no-tfjs and load tfjs only when asked)
-#   .device/fashion-mnist/       = with --pack --with-data: /usr/share/datasets/fashion-mnist (30 MB;
-#                                  all three fit the 64 MiB), for the training tests
+#   .device/lib/libvulkan.so.1   = this machine's Vulkan loader, used where none is installed
+#   .device/fashion-mnist/       = with --pack --with-data: /usr/share/datasets/fashion-mnist
+#                                  (30 MB; .device/ is then ~63 MB), for the training tests
 # Run there, from the repository root (the device tool: carry [".device"]; its $OUT comes back):
 #   bash bench/device-check.sh
 # A try on a CPU-only machine (lavapipe), one small test file and one quick bench part:
@@ -96,6 +97,12 @@ if [ "$pack" = 1 ]; then
     console.log([...seen].sort().join("\n"));' "${NPM_ROOTS[@]}")
   tar -C node_modules -cf - "${packages[@]}" | xz -T2 -9 >.device/node_modules.tar.xz.tmp
   mv .device/node_modules.tar.xz.tmp .device/node_modules.tar.xz
+  # The Vulkan loader (0.5 MB), for a machine whose driver came without it.
+  loader=$(ldconfig -p 2>/dev/null | sed -n 's/.*libvulkan.so.1 (libc6,x86-64) => //p' | head -1)
+  if [ -n "$loader" ]; then
+    mkdir -p .device/lib
+    cp -L "$loader" .device/lib/libvulkan.so.1
+  fi
   if [ "$with_data" = 1 ]; then
     mkdir -p .device/fashion-mnist
     cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
@@ -149,7 +156,8 @@ export NO_COLOR=1
 # ---- 2. the adapter ----
 # Containers often mount the NVIDIA driver's Vulkan library without its ICD manifest: point the
 # Vulkan loader at it then.
-icds=$(compgen -G '/usr/share/vulkan/icd.d/*.json' || true)$(compgen -G '/etc/vulkan/icd.d/*.json' || true)
+icds=$(compgen -G '/usr/share/vulkan/icd.d/*.json' || true; compgen -G '/etc/vulkan/icd.d/*.json' || true)
+icds=$(echo $icds)
 if [[ "$icds" != *nvidia* ]] && [ -z "${VK_ICD_FILENAMES:-}" ] &&
   [[ "$(ldconfig -p 2>/dev/null)" == *libGLX_nvidia.so.0* ]]; then
   printf '{"file_format_version":"1.0.0","ICD":{"library_path":"libGLX_nvidia.so.0","api_version":"1.3"}}\n' \
@@ -157,8 +165,14 @@ if [[ "$icds" != *nvidia* ]] && [ -z "${VK_ICD_FILENAMES:-}" ] &&
   export VK_ICD_FILENAMES="$work/nvidia_icd.json"
   log "no NVIDIA Vulkan ICD manifest installed: using $VK_ICD_FILENAMES (libGLX_nvidia.so.0)"
 fi
-[[ "$(ldconfig -p 2>/dev/null)" == *libvulkan.so.1* ]] ||
-  log "warning: no libvulkan.so.1 (Vulkan loader): install libvulkan1"
+if [[ "$(ldconfig -p 2>/dev/null)" != *libvulkan.so.1* ]]; then
+  if [ -f .device/lib/libvulkan.so.1 ]; then
+    export LD_LIBRARY_PATH="$ROOT/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    log "no Vulkan loader installed: using the carried .device/lib/libvulkan.so.1"
+  else
+    log "warning: no libvulkan.so.1 (the Vulkan loader): install libvulkan1"
+  fi
+fi
 log "Vulkan ICDs: ${icds:-none installed}"
 
 adapter_json=$(timeout -k 5 60 "$DENO" eval --unstable-webgpu '
