@@ -4,15 +4,13 @@
  * Used only by `bench/`; the library itself never imports tfjs.
  */
 // Bare specifiers resolve through package.json (node_modules); `deno lint` rejects inline `npm:`.
-import * as tf from "@tensorflow/tfjs";
-// Importing the backend registers "webgpu" (only when `navigator.gpu` exists, as in Deno with
-// --unstable-webgpu). Its factory requests the adapter the same way `runtime/device.ts` does
-// (powerPreference "high-performance"), so both sides run on the same adapter; each gets its own
-// GPUDevice, as two independent libraries would.
-import "@tensorflow/tfjs-backend-webgpu";
+// Only the types are imported up front: tfjs itself loads on first use, so `bench --no-tfjs`
+// runs where tfjs is not installed (bench/device-check.sh on a machine that carries no
+// node_modules/@tensorflow).
+import type * as TfjsModule from "@tensorflow/tfjs";
 
 /** The tfjs namespace type. */
-export type Tfjs = typeof tf;
+export type Tfjs = typeof TfjsModule;
 
 let loaded: Promise<Tfjs> | undefined;
 
@@ -33,6 +31,12 @@ async function initialise(): Promise<Tfjs> {
   if (typeof navigator === "undefined" || !("gpu" in navigator)) {
     throw new Error("tfjs peer: WebGPU is not available (run with --unstable-webgpu)");
   }
+  const tf: Tfjs = await import("@tensorflow/tfjs");
+  // Importing the backend registers "webgpu" (only when `navigator.gpu` exists, as in Deno with
+  // --unstable-webgpu). Its factory requests the adapter the same way `runtime/device.ts` does
+  // (powerPreference "high-performance"), so both sides run on the same adapter; each gets its own
+  // GPUDevice, as two independent libraries would.
+  await import("@tensorflow/tfjs-backend-webgpu");
   // tfjs-core probes for a browser or Node; Deno is neither, and that is fine: without `window`
   // or `process` it picks no platform-specific code paths we use here (no fetch/IO handlers are
   // needed for matMul/conv2d), and the webgpu backend only touches OffscreenCanvas when importing

@@ -3,8 +3,22 @@
  * functions of the problem's shape and a {@link PlanDevice} (the few device facts and settings a
  * plan depends on). The launch wrappers (`matmul.ts`, `conv2d.ts`) only carry plans out, so plans
  * are testable without a device (tests/kernel_plan_test.ts).
+ *
+ * Two kinds of plan, picked by adapter or forced ({@link cpuPlans}): CPU plans (lavapipe: direct
+ * loads from textures, one workgroup per CPU thread) and GPU plans (buffers, conv tiles staged in
+ * workgroup memory, 128 parallel slots). The GPU plans' workgroups of up to 64 invocations match
+ * tfjs-backend-webgpu's conv2d_mm / matmul_packed ([8, 8, 1]); their per-invocation 16 x 16
+ * register block (fixed by the WGSL, tuned on lavapipe) is 16x tfjs's 4 x 4 and burn/cubecl's,
+ * and the matmul's 8-invocation workgroups fill a quarter of a 32-wide warp: what a GPU run of
+ * bench/device-check.sh measures before either changes.
  */
-import { ceilDiv, type Gpu, type KernelSettings, type OperandSource } from "../runtime/gpu.ts";
+import {
+  ceilDiv,
+  type Gpu,
+  type KernelSettings,
+  type OperandSource,
+  resolvePlanKind,
+} from "../runtime/gpu.ts";
 import type { Conv2dShape } from "./conv2d.ts";
 
 /** What a plan needs to know about the device. */
@@ -12,8 +26,8 @@ export interface PlanDevice {
   /** A fallback (CPU) adapter such as lavapipe. */
   isFallback: boolean;
   /**
-   * Workgroups the device runs at once: lavapipe runs one per CPU thread; for a GPU, a round
-   * number of a few per compute unit.
+   * Workgroups the device runs at once (as the plan kind models it): lavapipe runs one per CPU
+   * thread; for a GPU, a round number of a few per compute unit.
    */
   parallelSlots: number;
   /** maxComputeWorkgroupStorageSize. */
@@ -23,11 +37,22 @@ export interface PlanDevice {
   settings: KernelSettings;
 }
 
+/**
+ * Whether plans are made for a CPU adapter: by the adapter, unless `settings.plan` forces a kind
+ * (KernelSettings.plan; env TRITRAIN_KERNEL_PLAN, flag --kernel-plan). Every per-device choice
+ * below goes through this, so forcing "gpu" on lavapipe runs exactly the GPU plans.
+ */
+export function cpuPlans(device: Pick<PlanDevice, "isFallback" | "settings">): boolean {
+  return resolvePlanKind(device.settings.plan, device.isFallback) === "cpu";
+}
+
 /** The plan facts of a live device. */
 export function planDevice(gpu: Gpu): PlanDevice {
   return {
     isFallback: gpu.isFallback,
-    parallelSlots: gpu.isFallback ? navigator.hardwareConcurrency || 2 : 128,
+    // WebGPU does not expose a GPU's compute units: 128 is a few workgroups per unit of a
+    // mid-range GPU.
+    parallelSlots: cpuPlans(gpu) ? navigator.hardwareConcurrency || 2 : 128,
     maxWorkgroupStorageBytes: gpu.limits.maxComputeWorkgroupStorageSize,
     maxBindingBytes: gpu.maxBindingBytes,
     settings: gpu.settings,
@@ -35,16 +60,16 @@ export function planDevice(gpu: Gpu): PlanDevice {
 }
 
 /**
- * Where a GEMM reads its operands: textures when asked ("texture"), or by default ("auto") on
- * fallback (CPU) adapters, whose per-lane texture loads cost about a third of storage-buffer
- * loads; buffers otherwise, and always when an operand does not fit a texture.
+ * Where a GEMM reads its operands: textures when asked ("texture"), or by default ("auto") under
+ * CPU plans (fallback adapters such as lavapipe, whose per-lane texture loads cost about a third
+ * of storage-buffer loads); buffers otherwise, and always when an operand does not fit a texture.
  */
 export function operandSource(
   mode: OperandSource,
-  device: Pick<PlanDevice, "isFallback">,
+  device: Pick<PlanDevice, "isFallback" | "settings">,
   operandsFitTextures: boolean,
 ): "texture" | "buffer" {
-  const wanted = mode === "texture" || (mode === "auto" && device.isFallback);
+  const wanted = mode === "texture" || (mode === "auto" && cpuPlans(device));
   return wanted && operandsFitTextures ? "texture" : "buffer";
 }
 
@@ -101,10 +126,10 @@ export function tileShape(wgX: number, wgY: number, staged: boolean): TileShape 
 /** For the conv2d entry points that do not tile (bias gradient, slice reduction). */
 export const DEFAULT_TILE: TileShape = tileShape(4, 4, false);
 
-/** Whether conv2d's tiles stage their operands in workgroup memory (by default on GPUs only). */
+/** Whether conv2d's tiles stage their operands in workgroup memory (by default: GPU plans). */
 export function convStaged(device: Pick<PlanDevice, "isFallback" | "settings">): boolean {
   const mode = device.settings.conv2dStaging;
-  return mode === "workgroup" || (mode === "auto" && !device.isFallback);
+  return mode === "workgroup" || (mode === "auto" && !cpuPlans(device));
 }
 
 /** Workgroup memory per unit of WG_X + WG_Y: TILE_K (16) x 16 floats of 4 bytes. */

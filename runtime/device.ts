@@ -71,11 +71,13 @@ export async function createGpu(options: AcquireOptions = {}): Promise<Gpu> {
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   const validate = options.validate ?? readEnv("TRITRAIN_VALIDATE") === "1";
   const info = adapter.info;
+  const plan = parsePlanKind(readEnv(KERNEL_PLAN_ENV), KERNEL_PLAN_ENV) ?? "auto";
   const gpu = new Gpu(device, {
     name: info.description || info.device || info.vendor || "unknown adapter",
     isFallback: (info as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       (adapter as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
     validate,
+    settings: { ...DEFAULT_KERNEL_SETTINGS, plan },
   });
   if (options.log) console.log(gpu.describe());
   return gpu;
@@ -144,10 +146,42 @@ export type OperandSource = "auto" | "texture" | "buffer";
 export type TileStaging = "auto" | "workgroup" | "direct";
 
 /**
+ * Which kernel plans (tile shapes, operand sources, staging; kernels/plan.ts) a device runs:
+ * "auto" picks by adapter (CPU plans on a fallback adapter such as lavapipe, GPU plans
+ * otherwise); "gpu" and "cpu" force one, so both stay tested on one machine.
+ */
+export const PLAN_KINDS = ["auto", "gpu", "cpu"] as const;
+export type PlanKind = (typeof PLAN_KINDS)[number];
+
+/** The environment variable that sets {@link KernelSettings.plan} for every new device. */
+export const KERNEL_PLAN_ENV = "TRITRAIN_KERNEL_PLAN";
+
+/** The plans a device runs: the forced kind, or by adapter under "auto". */
+export function resolvePlanKind(plan: PlanKind, isFallback: boolean): "gpu" | "cpu" {
+  return plan === "auto" ? (isFallback ? "cpu" : "gpu") : plan;
+}
+
+/**
+ * A plan kind named on the command line or in {@link KERNEL_PLAN_ENV} (undefined when unset or
+ * empty); throws naming `source` and the choices otherwise.
+ */
+export function parsePlanKind(value: string | undefined, source: string): PlanKind | undefined {
+  if (value === undefined || value === "") return undefined;
+  if (!(PLAN_KINDS as readonly string[]).includes(value)) {
+    throw new Error(
+      `${source} must be one of ${PLAN_KINDS.join(", ")}; got ${JSON.stringify(value)}`,
+    );
+  }
+  return value as PlanKind;
+}
+
+/**
  * Per-device choices the kernel wrappers read (tests and benchmarks change them on a device;
  * "auto" picks by adapter, the default). Operands too big for a texture always use buffers.
  */
 export interface KernelSettings {
+  /** Which plans the kernels follow; the other settings' "auto" follows the resolved kind. */
+  plan: PlanKind;
   /** Where matmul reads A and B: textures are faster on CPU adapters such as lavapipe, which
    * load a texel per lane far faster than a storage-buffer element. */
   matmulOperands: OperandSource;
@@ -161,6 +195,7 @@ export interface KernelSettings {
 
 /** Every setting "auto". */
 export const DEFAULT_KERNEL_SETTINGS: Readonly<KernelSettings> = {
+  plan: "auto",
   matmulOperands: "auto",
   conv2dOperands: "auto",
   conv2dStaging: "auto",
@@ -237,9 +272,15 @@ export class Gpu {
     });
   }
 
-  /** One line naming the adapter, e.g. for logs. */
+  /** The kernel plans this device runs now ({@link KernelSettings.plan} resolved). */
+  get planKind(): "gpu" | "cpu" {
+    return resolvePlanKind(this.settings.plan, this.isFallback);
+  }
+
+  /** One line naming the adapter and the kernel plans it runs, e.g. for logs. */
   describe(): string {
-    return `adapter: ${this.adapterName}${this.isFallback ? " (fallback CPU adapter)" : ""}`;
+    return `adapter: ${this.adapterName}${this.isFallback ? " (fallback CPU adapter)" : ""}; ` +
+      `kernel plans: ${this.planKind}${this.settings.plan === "auto" ? " (auto)" : " (forced)"}`;
   }
 
   /** The maximum bytes one storage binding may cover on this device. */

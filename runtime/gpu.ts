@@ -17,9 +17,14 @@ export {
   type DispatchObserver,
   Gpu,
   grid1d,
+  KERNEL_PLAN_ENV,
   type KernelSettings,
   type OperandSource,
   packUniforms,
+  parsePlanKind,
+  PLAN_KINDS,
+  type PlanKind,
+  resolvePlanKind,
   type TileStaging,
 } from "./device.ts";
 export { BufferPool, type DType, shapeSize, Tensor } from "./tensor.ts";

@@ -1,5 +1,5 @@
 /**
- * `deno task bench [part ...] [--quick] [--no-tfjs] [--json] [--report FILE]`
+ * `deno task bench [part ...] [--quick] [--no-tfjs] [--kernel-plan KIND] [--json] [--report FILE]`
  *
  * Runs benchmark parts (matmul, conv, batchnorm, loss, data, step; default: all) on the WebGPU
  * adapter, each next to the same work in tfjs-backend-webgpu on the same adapter, prints the
@@ -10,7 +10,7 @@ import { acquireGpu } from "../runtime/gpu.ts";
 import { type BenchContext, type BenchRow, formatTable } from "../bench/harness.ts";
 import { formatProfile, hasProfile } from "../bench/profile.ts";
 import { PRESETS } from "./presets.ts";
-import { runMain, UserError } from "./cli.ts";
+import { kernelPlanSetting, runMain, UserError } from "./cli.ts";
 
 const PARTS = ["matmul", "conv", "batchnorm", "loss", "data", "step"] as const;
 
@@ -18,6 +18,8 @@ const HELP = `usage: deno task bench [${PARTS.join("|")} ...] [flags]
   --quick          fewer, smaller cases
   --no-tfjs        skip the tfjs-backend-webgpu comparison
   --profile        (step) per-kernel time breakdown of one reference and one SSL step
+  --kernel-plan K  kernel tiles for: auto (by adapter) | gpu | cpu (default: env
+                   TRITRAIN_KERNEL_PLAN, else auto); the report names the plans run
   --json           print rows as JSON instead of a table
   --report FILE    write the Markdown report here (default BENCHMARKS.md; "-" to skip)`;
 
@@ -31,6 +33,7 @@ async function main(): Promise<number> {
         quick: { type: "boolean", default: false },
         "no-tfjs": { type: "boolean", default: false },
         profile: { type: "boolean", default: false },
+        "kernel-plan": { type: "string" },
         json: { type: "boolean", default: false },
         report: { type: "string", default: "BENCHMARKS.md" },
         help: { type: "boolean", short: "h", default: false },
@@ -51,7 +54,10 @@ async function main(): Promise<number> {
     );
   }
   const parts = positionals.length > 0 ? positionals : [...PARTS];
-  const gpu = await acquireGpu({ log: !values.json });
+  const kernelPlan = kernelPlanSetting(values["kernel-plan"]);
+  const gpu = await acquireGpu();
+  gpu.settings.plan = kernelPlan;
+  if (!values.json) console.log(gpu.describe());
   const ctx: BenchContext = {
     gpu,
     quick: values.quick,

@@ -1,4 +1,5 @@
 /** Small command-line helpers shared by the tasks: errors, progress, flag checks. */
+import { KERNEL_PLAN_ENV, parsePlanKind, PLAN_KINDS, type PlanKind } from "../runtime/gpu.ts";
 
 /** An error meant for the user: printed as one line, exit code 2 (bad input) or 1. */
 export class UserError extends Error {
@@ -7,9 +8,12 @@ export class UserError extends Error {
   }
 }
 
-/** Run a task's main, turning errors into one clear line and a non-zero exit code. */
+/**
+ * Run a task's main, turning errors into one clear line and a non-zero exit code. A bad
+ * TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input.
+ */
 export function runMain(task: string, main: () => Promise<number | void>): void {
-  main().then(
+  Promise.resolve().then(() => kernelPlanSetting(undefined)).then(main).then(
     (code) => Deno.exit(typeof code === "number" ? code : 0),
     (e) => {
       const error = e as Error;
@@ -63,6 +67,19 @@ export function oneOf<T extends string>(
     );
   }
   return value as T;
+}
+
+/**
+ * The kernel plans a task runs (KernelSettings.plan): `--kernel-plan` when given, else the
+ * environment's TRITRAIN_KERNEL_PLAN, else "auto"; an unknown name is a UserError.
+ */
+export function kernelPlanSetting(flagValue: string | undefined): PlanKind {
+  if (flagValue !== undefined) return oneOf("kernel-plan", flagValue, PLAN_KINDS)!;
+  try {
+    return parsePlanKind(Deno.env.get(KERNEL_PLAN_ENV), KERNEL_PLAN_ENV) ?? "auto";
+  } catch (e) {
+    throw new UserError(`${(e as Error).message} (or unset it for "auto")`);
+  }
 }
 
 /** Seconds as h:mm:ss or m:ss. */

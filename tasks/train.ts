@@ -144,6 +144,7 @@ async function runTraining(
   const files = new RunFiles(outDir);
 
   const gpu = await acquireGpu();
+  gpu.settings.plan = control.kernelPlan;
   const progress = new Progress(!lead);
   progress.log(gpu.describe() + (mpi ? `; ${mpi.size} data-parallel processes (MPI)` : ""));
   const train = await loadSplit(config, "train");

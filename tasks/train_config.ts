@@ -9,7 +9,15 @@ import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augme
 import type { EvaluationOptions } from "../models/evaluate.ts";
 import { ARCH_NAMES } from "../models/resnet.ts";
 import { LOSS_KINDS } from "../models/loss.ts";
-import { finiteNumber, nonNegativeInt, oneOf, positiveInt, UserError } from "./cli.ts";
+import type { PlanKind } from "../runtime/gpu.ts";
+import {
+  finiteNumber,
+  kernelPlanSetting,
+  nonNegativeInt,
+  oneOf,
+  positiveInt,
+  UserError,
+} from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
 
 /** One command-line flag: its value placeholder (none: a switch) and its help text. */
@@ -181,6 +189,11 @@ export const TRAIN_FLAGS: FlagSpec[] = [
     name: "distributed",
     help: "one rank of `mpiexec -n N ... --distributed` (MPI data-parallel; see README)",
   },
+  {
+    name: "kernel-plan",
+    value: "KIND",
+    help: "kernel tiles for: auto (by adapter) | gpu | cpu (default: env TRITRAIN_KERNEL_PLAN)",
+  },
   { name: "help", help: "this text" },
 ];
 
@@ -233,7 +246,15 @@ export function parseTrainFlags(args: string[]): Flags {
 }
 
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
-const INVOCATION_FLAGS = ["preset", "out", "help", "overwrite", "distributed", "no-pictures"];
+const INVOCATION_FLAGS = [
+  "preset",
+  "out",
+  "help",
+  "overwrite",
+  "distributed",
+  "no-pictures",
+  "kernel-plan",
+];
 
 /** Flags that --resume applies; every other one would be ignored, so it is refused. */
 export const RESUME_FLAGS = [
@@ -246,6 +267,7 @@ export const RESUME_FLAGS = [
   "debug-nan-at",
   "no-pictures",
   "distributed",
+  "kernel-plan",
 ];
 
 /** The preset with every flag applied, for `ranks` data-parallel processes; validated. */
@@ -368,6 +390,8 @@ export interface RunControl {
   checkpointEvery?: number;
   keepEvery?: number;
   debugNanAt?: number;
+  /** Which kernel plans to run (--kernel-plan, env TRITRAIN_KERNEL_PLAN, else "auto"). */
+  kernelPlan: PlanKind;
 }
 
 /** Parse the invocation flags (validated before anything is written). */
@@ -378,6 +402,7 @@ export function runControl(flags: Flags): RunControl {
     checkpointEvery: int("checkpoint-every"),
     keepEvery: int("keep-every"),
     debugNanAt: int("debug-nan-at"),
+    kernelPlan: kernelPlanSetting(flags["kernel-plan"] as string | undefined),
   };
 }
 

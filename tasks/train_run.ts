@@ -248,6 +248,8 @@ export interface RunSummary {
   imagesPerSecond: number | null;
   adapter: string;
   fallbackAdapter: boolean;
+  /** The kernel plans the run's device ran (by adapter, or forced by --kernel-plan). */
+  kernelPlans: "gpu" | "cpu";
   /** From the end-of-run pictures: per-class kNN top-1, confusion matrix, retrieval, PNG paths. */
   perClassKnnTop1?: unknown;
   confusion?: unknown;
@@ -284,6 +286,7 @@ export async function writeSummary(
       : null,
     adapter: gpu.adapterName,
     fallbackAdapter: gpu.isFallback,
+    kernelPlans: gpu.planKind,
     ...insight,
   };
   await Deno.writeTextFile(files.summary, JSON.stringify(summary, null, 1) + "\n");

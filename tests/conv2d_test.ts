@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { assertClose, gpuTest, Rng, testGpu, type Tolerance } from "./util.ts";
+import {
+  assertClose,
+  FORCED_PLANS,
+  gpuTest,
+  Rng,
+  testGpu,
+  type Tolerance,
+  withKernelPlan,
+} from "./util.ts";
 import {
   conv2dBiasGrad,
   conv2dForward,
@@ -346,7 +354,6 @@ function caseNamed(start: string): (typeof cases)[number] {
 }
 const SPLIT_K = caseNamed("3x3 stride 1 pad 1, several tiles");
 const STRIDE2_ODD = caseNamed("3x3 stride 2 pad 1, odd input");
-const DOWNSAMPLE = caseNamed("1x1 stride 2 downsample");
 const POINTWISE = caseNamed("1x1 stride 1 pointwise");
 const STEM_RGB = caseNamed("7x7 stride 2 pad 3 stem, Cin = 3");
 const SCALAR = caseNamed("channel counts not multiples of 4");
@@ -370,66 +377,67 @@ async function withStaging(
   }
 }
 
+// Every case under both kernel plans, forced (on any adapter): the CPU plans (direct loads from
+// textures, tiles for a few CPU threads) and the GPU plans (tiles staged in workgroup memory from
+// buffers, tiles and K slices for 128 parallel workgroups).
 for (const c of cases) {
-  Deno.test({
-    name: `conv2d: ${c.name} (${describe(c.shape)})`,
-    ...gpuTest,
-    fn: () => checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 31 + c.shape.outChannels),
-  });
-}
-
-// "auto" picks direct loads from textures on this CPU adapter; the workgroup-memory path with
-// buffer operands (what GPUs run) and direct loads from buffers (CPU adapters, operands too big
-// for a texture) get the cases that exercise their edges: split-K, stride phases with odd sizes,
-// pointwise (1x1) loaders at stride 1 and 2, the Cin = 3 stem, scalar channel paths.
-const variants = [
-  {
-    staging: "workgroup",
-    operands: "buffer",
-    cases: [SPLIT_K, STRIDE2_ODD, DOWNSAMPLE, POINTWISE, STEM_RGB, SCALAR],
-  },
-  { staging: "direct", operands: "buffer", cases: [STRIDE2_ODD, POINTWISE, SCALAR] },
-] as const;
-for (const { staging, operands, cases: some } of variants) {
-  for (const c of some) {
-    const label = staging === "workgroup" ? "workgroup-memory tiles" : "direct loads";
+  for (const plan of FORCED_PLANS) {
+    const seed = c.shape.inHeight * (plan === "cpu" ? 31 : 17) + c.shape.outChannels;
     Deno.test({
-      name: `conv2d: ${label}, ${operands} operands: ${c.name} (${describe(c.shape)})`,
+      name: `conv2d (${plan} plans): ${c.name} (${describe(c.shape)})`,
       ...gpuTest,
-      fn: () =>
-        withStaging(
-          staging,
-          operands,
-          () =>
-            checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 17 + c.shape.outChannels),
+      fn: async () =>
+        await withKernelPlan(
+          await testGpu(),
+          plan,
+          () => checkAll(c.shape, c.bias, c.accumulate, seed),
         ),
     });
   }
 }
 
-Deno.test({
-  name: "conv2d: weight gradient is bitwise deterministic",
-  ...gpuTest,
-  fn: async () => {
-    const gpu = await testGpu();
-    // The split-K shape of the second case (its pipelines are compiled already).
-    const s = SPLIT_K.shape;
-    const rng = new Rng(7);
-    const shapes = shapeOf(s);
-    const tx = gpu.upload(rng.array(size(shapes.x)), shapes.x);
-    const tdy = gpu.upload(rng.array(size(shapes.y)), shapes.y);
-    const first = gpu.zeros(shapes.w);
-    const second = gpu.zeros(shapes.w);
-    conv2dWeightGrad(gpu, tx, tdy, first, s, { accumulate: true });
-    conv2dWeightGrad(gpu, tx, tdy, second, s, { accumulate: true });
-    const [a, b] = await gpu.read([first, second]);
-    assert.deepEqual(
-      new Uint32Array(a.buffer, a.byteOffset, a.length),
-      new Uint32Array(b.buffer, b.byteOffset, b.length),
-    );
-    for (const t of [tx, tdy, first, second]) t.release();
-  },
-});
+// Direct loads from buffers (CPU plans whose operands are too big for a texture) get the cases
+// that exercise their edges: stride phases with odd sizes, the pointwise (1x1) loader, scalar
+// channel paths.
+for (const c of [STRIDE2_ODD, POINTWISE, SCALAR]) {
+  Deno.test({
+    name: `conv2d: direct loads, buffer operands: ${c.name} (${describe(c.shape)})`,
+    ...gpuTest,
+    fn: () =>
+      withStaging(
+        "direct",
+        "buffer",
+        () => checkAll(c.shape, c.bias, c.accumulate, c.shape.inHeight * 17 + c.shape.outChannels),
+      ),
+  });
+}
+
+for (const plan of FORCED_PLANS) {
+  Deno.test({
+    name: `conv2d (${plan} plans): weight gradient is bitwise deterministic`,
+    ...gpuTest,
+    fn: async () =>
+      await withKernelPlan(await testGpu(), plan, async () => {
+        const gpu = await testGpu();
+        // The split-K shape of the second case (its pipelines are compiled already).
+        const s = SPLIT_K.shape;
+        const rng = new Rng(7);
+        const shapes = shapeOf(s);
+        const tx = gpu.upload(rng.array(size(shapes.x)), shapes.x);
+        const tdy = gpu.upload(rng.array(size(shapes.y)), shapes.y);
+        const first = gpu.zeros(shapes.w);
+        const second = gpu.zeros(shapes.w);
+        conv2dWeightGrad(gpu, tx, tdy, first, s, { accumulate: true });
+        conv2dWeightGrad(gpu, tx, tdy, second, s, { accumulate: true });
+        const [a, b] = await gpu.read([first, second]);
+        assert.deepEqual(
+          new Uint32Array(a.buffer, a.byteOffset, a.length),
+          new Uint32Array(b.buffer, b.byteOffset, b.length),
+        );
+        for (const t of [tx, tdy, first, second]) t.release();
+      }),
+  });
+}
 
 /** Central finite differences (eps 1e-3) of loss(v) with respect to v[i], for each i given. */
 function finiteDifferences(

@@ -2,7 +2,8 @@
  * Kernel plans (kernels/plan.ts) are pure functions of shape and device: these tests need no GPU.
  * Two devices: a CPU adapter like lavapipe on 2 threads (direct loads, textures) and a GPU
  * (workgroup-memory staging, buffers), both with 32 KiB of workgroup memory. Expected plans are
- * worked out by hand from the cost model in the comments of plan.ts.
+ * worked out by hand from the cost model in the comments of plan.ts. Also: which kind of plan a
+ * device runs (by adapter, or forced by KernelSettings.plan, --kernel-plan, TRITRAIN_KERNEL_PLAN).
  */
 import assert from "node:assert/strict";
 import {
@@ -11,11 +12,20 @@ import {
   convStaged,
   convTile,
   convWeightGradPlan,
+  cpuPlans,
   matmulPlan,
   operandSource,
   type PlanDevice,
 } from "../kernels/plan.ts";
-import { DEFAULT_KERNEL_SETTINGS } from "../runtime/gpu.ts";
+import {
+  DEFAULT_KERNEL_SETTINGS,
+  KERNEL_PLAN_ENV,
+  parsePlanKind,
+  type PlanKind,
+  resolvePlanKind,
+} from "../runtime/gpu.ts";
+import { kernelPlanSetting, UserError } from "../tasks/cli.ts";
+import { parseTrainFlags, resolveConfig, runControl } from "../tasks/train_config.ts";
 
 const CPU: PlanDevice = {
   isFallback: true,
@@ -148,4 +158,94 @@ Deno.test("plan: input-gradient stride phases, zero fill only for a kernel small
   });
   // Stride 1: one phase covering the whole input.
   assert.deepEqual(phasesOf(3, 1, 1, 5), { phases: [[0, 0, 5, 5, 50]], zeroFill: false });
+});
+
+/** `device` with its kernel plans forced to `plan`. */
+function forcing(device: PlanDevice, plan: PlanKind): PlanDevice {
+  return { ...device, settings: { ...device.settings, plan } };
+}
+
+Deno.test("plan kind: auto follows the adapter; gpu and cpu force the plans on any adapter", () => {
+  assert.equal(resolvePlanKind("auto", true), "cpu");
+  assert.equal(resolvePlanKind("auto", false), "gpu");
+  assert.equal(resolvePlanKind("gpu", true), "gpu");
+  assert.equal(resolvePlanKind("cpu", false), "cpu");
+  assert.equal(cpuPlans(CPU), true);
+  assert.equal(cpuPlans(GPU), false);
+  // Forced GPU plans on the CPU adapter: buffers and staged tiles, as on a GPU.
+  const gpuOnCpu = forcing(CPU, "gpu");
+  assert.equal(operandSource("auto", gpuOnCpu, true), "buffer");
+  assert.equal(convStaged(gpuOnCpu), true);
+  assert.deepEqual(tileOf(convTile(gpuOnCpu, 50176, 8, false)), [1, 16, 256, 16, 1]);
+  // Forced CPU plans on a GPU: textures and direct loads, as on lavapipe.
+  const cpuOnGpu = forcing(GPU, "cpu");
+  assert.equal(operandSource("auto", cpuOnGpu, true), "texture");
+  assert.equal(convStaged(cpuOnGpu), false);
+  assert.equal(convWeightGradPlan(cpuOnGpu, 9, 8, 50176).laneSlices, true);
+  // An explicit setting still wins over the plan kind.
+  const directGpuPlans: PlanDevice = {
+    ...gpuOnCpu,
+    settings: { ...gpuOnCpu.settings, conv2dStaging: "direct" },
+  };
+  assert.equal(convStaged(directGpuPlans), false);
+  assert.equal(operandSource("texture", gpuOnCpu, true), "texture");
+});
+
+Deno.test("plan kind: names are parsed and unknown ones refused naming the source and choices", () => {
+  assert.equal(parsePlanKind("gpu", KERNEL_PLAN_ENV), "gpu");
+  assert.equal(parsePlanKind(undefined, KERNEL_PLAN_ENV), undefined);
+  assert.equal(parsePlanKind("", KERNEL_PLAN_ENV), undefined);
+  assert.throws(
+    () => parsePlanKind("GPU", KERNEL_PLAN_ENV),
+    /TRITRAIN_KERNEL_PLAN must be one of auto, gpu, cpu; got "GPU"/,
+  );
+});
+
+/** Run `body` with TRITRAIN_KERNEL_PLAN set to `value` (unset when undefined), then restore it. */
+function withPlanEnv<T>(value: string | undefined, body: () => T): T {
+  const saved = Deno.env.get(KERNEL_PLAN_ENV);
+  const set = (v: string | undefined) =>
+    v === undefined ? Deno.env.delete(KERNEL_PLAN_ENV) : Deno.env.set(KERNEL_PLAN_ENV, v);
+  set(value);
+  try {
+    return body();
+  } finally {
+    set(saved);
+  }
+}
+
+Deno.test("plan kind: train's --kernel-plan beats TRITRAIN_KERNEL_PLAN, which beats auto", () => {
+  const planOf = (args: string[]) => runControl(parseTrainFlags(args)).kernelPlan;
+  withPlanEnv(undefined, () => {
+    assert.equal(planOf([]), "auto");
+    assert.equal(planOf(["--kernel-plan", "gpu"]), "gpu");
+    assert.equal(kernelPlanSetting(undefined), "auto");
+  });
+  withPlanEnv("cpu", () => {
+    assert.equal(planOf([]), "cpu");
+    assert.equal(planOf(["--kernel-plan=gpu"]), "gpu");
+  });
+  // An invocation flag: not part of the run's recipe, and allowed with --resume.
+  assert.deepEqual(resolveConfig(parseTrainFlags(["--kernel-plan", "gpu"])).overrides, {});
+});
+
+Deno.test("plan kind: an unknown --kernel-plan or TRITRAIN_KERNEL_PLAN is a UserError (exit 2)", () => {
+  const refused = (body: () => unknown, message: RegExp) =>
+    assert.throws(
+      body,
+      (e) => e instanceof UserError && e.exitCode === 2 && message.test(e.message),
+    );
+  withPlanEnv(undefined, () =>
+    refused(
+      () => runControl(parseTrainFlags(["--kernel-plan", "tpu"])),
+      /--kernel-plan must be one of auto, gpu, cpu; got "tpu"/,
+    ));
+  withPlanEnv("fast", () => {
+    refused(
+      () => kernelPlanSetting(undefined),
+      /TRITRAIN_KERNEL_PLAN must be one of auto, gpu, cpu; got "fast" \(or unset it/,
+    );
+    // The flag, when given, is used and the environment not read.
+    assert.equal(kernelPlanSetting("cpu"), "cpu");
+  });
 });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
+import { assertClose, FORCED_PLANS, gpuTest, Rng, testGpu, withKernelPlan } from "./util.ts";
 import { matmul, type MatmulOptions } from "../kernels/matmul.ts";
-import type { Gpu, OperandSource, Tensor } from "../runtime/gpu.ts";
+import type { Gpu, Tensor } from "../runtime/gpu.ts";
 
 // Inputs are uniform in [-1, 1]; an f32 dot product of K terms drifts from the float64 reference
 // by about sqrt(K) roundings of values of size ~sqrt(K)/3, so the tolerance grows with sqrt(K):
@@ -95,21 +95,23 @@ async function check(gpu: Gpu, c: Case, seed: number): Promise<void> {
   for (const t of [ta, tb, tBias, out]) t?.release();
 }
 
-/** Test the cases with operands read from storage buffers and from textures (both paths). */
+/**
+ * Test the cases under both kernel plans, forced: the CPU plans read operands from textures, the
+ * GPU plans from storage buffers (both paths, on any adapter).
+ */
 function runCases(title: string, cases: Case[]): void {
-  for (const mode of ["buffer", "texture"] as OperandSource[]) {
+  for (const plan of FORCED_PLANS) {
+    const operands = plan === "cpu" ? "texture" : "buffer";
     Deno.test({
-      name: `matmul (${mode} operands): ${title}: ${cases.map(caseName).join("; ")}`,
+      name: `matmul (${plan} plans, ${operands} operands): ${title}: ${
+        cases.map(caseName).join("; ")
+      }`,
       ...gpuTest,
       fn: async () => {
         const gpu = await testGpu();
-        const saved = gpu.settings;
-        gpu.settings = { ...saved, matmulOperands: mode };
-        try {
+        await withKernelPlan(gpu, plan, async () => {
           for (const [i, c] of cases.entries()) await check(gpu, c, 1000 + i);
-        } finally {
-          gpu.settings = saved;
-        }
+        });
       },
     });
   }

@@ -197,6 +197,7 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ],
   ["a negative step count", ["--steps", "-5"], /--steps must be a non-negative integer, got "-5"/],
   ["a zero --stop-after", ["--stop-after", "0"], /--stop-after must be a positive integer/],
+  ["an unknown kernel plan", ["--kernel-plan", "tpu"], /--kernel-plan must be one of auto, gpu/],
   ["an unknown flag", ["--learning-rate", "1"], /Unknown option '--learning-rate'.*see --help/],
 ];
 

@@ -1,5 +1,5 @@
 /** Shared test helpers: the validating GPU, seeded random data and the tolerance check. */
-import { acquireGpu, type Gpu } from "../runtime/gpu.ts";
+import { acquireGpu, type Gpu, type PlanKind } from "../runtime/gpu.ts";
 export { Rng } from "../runtime/random.ts";
 
 /** The shared GPU with per-dispatch validation scopes on, so bad dispatches throw by name. */
@@ -68,3 +68,21 @@ export const TINY_TRAIN_FLAGS = [
   "128",
   "--no-probe",
 ];
+
+/** Both kernel plan kinds, forced: every machine tests the CPU plans and the GPU plans. */
+export const FORCED_PLANS = ["cpu", "gpu"] as const;
+
+/** Run `body` with the device's kernel plans forced to `plan`, then restore its settings. */
+export async function withKernelPlan<T>(
+  gpu: Gpu,
+  plan: PlanKind,
+  body: () => Promise<T>,
+): Promise<T> {
+  const saved = gpu.settings;
+  gpu.settings = { ...saved, plan };
+  try {
+    return await body();
+  } finally {
+    gpu.settings = saved;
+  }
+}
