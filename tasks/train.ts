@@ -14,6 +14,7 @@ import { assertSameConfig, broadcastText, GradientSync } from "../models/data_pa
 import { type Collective, openMpi } from "../runtime/mpi.ts";
 import { formatDuration, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { writeInsightPictures } from "./pictures.ts";
+import { readConfigFile } from "./config_file.ts";
 import type { TrainConfig } from "./presets.ts";
 import {
   augmentConfig,
@@ -46,7 +47,10 @@ async function runConfig(
   const lead = (mpi?.rank ?? 0) === 0;
   const resumeDir = flags.resume as string | undefined;
   if (!resumeDir) {
-    const config = resolveConfig(flags, ranks);
+    // Like a resumed run's config.json, rank 0 reads the file and sends it to every rank.
+    let file = flags.config && lead ? await readConfigFile(flags.config as string) : {};
+    if (mpi && flags.config) file = JSON.parse(await broadcastText(mpi, JSON.stringify(file)));
+    const config = resolveConfig(flags, ranks, file);
     const outDir = (flags.out as string | undefined) ??
       `runs/${config.preset}-${config.loss.kind}-seed${config.seed}`;
     if (lead) await refuseExistingRun(outDir, flags.overwrite === true);

@@ -55,7 +55,7 @@ const TEST = { sanitizeOps: false, sanitizeResources: false };
 
 Deno.test({
   name:
-    "train task: run directory files and fields; an interrupted and resumed run equals an uninterrupted one",
+    "train task: run directory files and fields; --config of its config.json repeats it; an interrupted and resumed run equals an uninterrupted one",
   ...TEST,
   fn: async () => {
     const base = await Deno.makeTempDir();
@@ -104,6 +104,20 @@ Deno.test({
     const wholeMetrics = await metrics(whole);
     assert.equal(wholeMetrics.filter((m) => "loss" in m).length, 4, "one loss line per step");
     assert.equal(wholeMetrics.filter((m) => "knnTop1" in m).length, 2, "evaluations at 2 and 4");
+
+    // The printed departures follow the flags: the tiny run's length, not the preset's.
+    assert.match(
+      a.stdout,
+      /^ {2}- 4 steps \(preset small: 750 steps; released recipe: 200 epochs\)$/m,
+    );
+    assert.doesNotMatch(a.stdout, /750 steps \(~0.8 epochs\)/);
+
+    // The run's config.json repeats it exactly: same config, bitwise the same losses.
+    const repeat = `${base}/repeat`;
+    const r = await train(["--config", `${whole}/config.json`, "--out", repeat, "--no-pictures"]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(`${repeat}/config.json`)), config);
+    assert.deepEqual(deterministic(await metrics(repeat)), deterministic(wholeMetrics));
 
     const b = await train([...common, "--out", parts, "--stop-after", "2"]);
     assert.equal(b.code, 130, b.stderr + b.stdout);
@@ -198,6 +212,21 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ["a negative step count", ["--steps", "-5"], /--steps must be a non-negative integer, got "-5"/],
   ["a zero --stop-after", ["--stop-after", "0"], /--stop-after must be a positive integer/],
   ["an unknown flag", ["--learning-rate", "1"], /Unknown option '--learning-rate'.*see --help/],
+  [
+    "a missing --config file",
+    ["--config", "/nonexistent/config.json"],
+    /--config \/nonexistent\/config.json: no such file/,
+  ],
+  [
+    "a --config file that is not JSON",
+    ["--config", `${ROOT}README.md`],
+    /--config .*README.md is not valid JSON/,
+  ],
+  [
+    "--config with --resume",
+    ["--resume", "/tmp", "--config", "x.json"],
+    /--config would not apply/,
+  ],
 ];
 
 for (const [what, args, message] of BAD_INPUTS) {
