@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { encode as encodePng } from "fast-png";
 import { TINY_TRAIN_FLAGS } from "./util.ts";
+import { METRICS_CSV_COLUMNS } from "../models/training_log.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = TINY_TRAIN_FLAGS;
@@ -68,6 +69,7 @@ Deno.test({
       const file of [
         "config.json",
         "metrics.jsonl",
+        "metrics.csv",
         "checkpoint.safetensors",
         "summary.json",
         "curves.svg",
@@ -125,6 +127,17 @@ Deno.test({
     const c = await train(["--resume", parts]);
     assert.equal(c.code, 0, c.stderr + c.stdout);
     assert.deepEqual(deterministic(await metrics(parts)), deterministic(wholeMetrics));
+    // metrics.csv: the header and one row per metrics.jsonl line, after a resume as well.
+    for (const dir of [whole, parts]) {
+      const [header, ...rows] = (await Deno.readTextFile(`${dir}/metrics.csv`)).trimEnd()
+        .split("\n");
+      assert.equal(header, METRICS_CSV_COLUMNS.join(","));
+      const lines = await metrics(dir);
+      assert.deepEqual(
+        rows.map((row) => row.split(",").slice(0, 3)),
+        lines.map((m) => [m.step, m.epoch ?? "", m.loss ?? ""].map(String)),
+      );
+    }
     await Deno.remove(base, { recursive: true });
   },
 });
