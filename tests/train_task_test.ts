@@ -138,6 +138,14 @@ Deno.test({
         lines.map((m) => [m.step, m.epoch ?? "", m.loss ?? ""].map(String)),
       );
     }
+    // Extending the finished run: the printed departures and its config.json say the new length.
+    const longer = await train(["--resume", parts, "--steps", "5", "--no-pictures"]);
+    assert.equal(longer.code, 0, longer.stderr + longer.stdout);
+    assert.match(longer.stdout, /^ {2}- 5 steps \(preset small: 750 steps;/m);
+    const extended = JSON.parse(await Deno.readTextFile(`${parts}/config.json`));
+    assert.equal(extended.steps, 5);
+    assert.ok(extended.deviations.some((d: string) => d.startsWith("5 steps (")));
+    assert.equal((await metrics(parts)).filter((m) => "loss" in m).length, 5);
     await Deno.remove(base, { recursive: true });
   },
 });
