@@ -62,6 +62,9 @@ async function main(): Promise<number> {
   const requestedSize = positiveInt("size", values.size);
   await writableFile("out", values.out);
   if (values.data !== undefined) await existingDirectory("data", values.data);
+  if (name === "folder" && values.data === undefined) {
+    throw new UserError("--dataset folder needs --data DIR (a folder of images)");
+  }
   const dataset = await loadDataset(name, { dir: values.data, split: "train", imageSize }).catch(
     (e) => {
       throw e instanceof DatasetError ? new UserError(e.message) : e;

@@ -159,6 +159,7 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
     "/nonexistent",
   ], /no such directory/],
   ["preview", ["--n", "0", "--out", "RUN/p.png"], /--n must be a positive integer/],
+  ["preview", ["--dataset", "folder", "--out", "RUN/p.png"], /--dataset folder needs --data DIR/],
   ["preview", ["--out", "/nonexistent/p.png"], /the directory \/nonexistent does not exist/],
   [
     "preview",
