@@ -117,7 +117,8 @@ function aspectLine(
   if (aspect.fields.includes("lr") && changed) {
     const ratio = (config.batch * config.accum * config.ranks) /
       (preset.batch * preset.accum * preset.ranks);
-    if (ratio !== 1 && config.lr === preset.lr * ratio) {
+    // Within rounding: resolveConfig multiplies before it divides.
+    if (ratio !== 1 && Math.abs(config.lr - preset.lr * ratio) <= 1e-12 * Math.abs(config.lr)) {
       notes.push("scaled with the images per step");
     }
   }
