@@ -11,7 +11,15 @@ export async function loadBackbone(
   gpu: Gpu,
   path: string,
 ): Promise<{ backbone: ResNet; config: ResNetConfig; state: Record<string, unknown> }> {
-  const { file, config, state } = await readCheckpoint(path);
+  return backboneFromCheckpoint(gpu, await readCheckpoint(path), path);
+}
+
+/** {@link loadBackbone} from a checkpoint already read (readCheckpoint) from `path`. */
+export function backboneFromCheckpoint(
+  gpu: Gpu,
+  { file, config, state }: Awaited<ReturnType<typeof readCheckpoint>>,
+  path: string,
+): { backbone: ResNet; config: ResNetConfig; state: Record<string, unknown> } {
   const model = config as SslModelConfig;
   if (!model?.backbone?.arch) {
     throw new Error(`${path}: checkpoint metadata has no backbone config`);

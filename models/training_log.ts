@@ -1,12 +1,59 @@
 /**
  * The training metrics: each optimizer step's loss stays on the GPU (one small tensor per step)
  * until the log is flushed; a flush reads every pending loss and the parameter/gradient norms in
- * one readback, stops a diverged run, and appends one JSON line per step to metrics.jsonl.
+ * one readback, stops a diverged run, and appends one JSON line per step to metrics.jsonl, and
+ * the same values as one row to metrics.csv beside it (fixed columns, for spreadsheets and plots).
  */
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
 
 /** One line of metrics.jsonl. */
 export type MetricsLine = Record<string, number | string | null>;
+
+/**
+ * The columns of metrics.csv: a step's loss row fills the first ones, an evaluation row (its own
+ * row at the step it ran after) the kNN / probe ones; keys outside this list are in metrics.jsonl
+ * only.
+ */
+export const METRICS_CSV_COLUMNS = [
+  "step",
+  "epoch",
+  "loss",
+  "lr",
+  "ema",
+  "imagesPerSecond",
+  "wallSeconds",
+  "syncMs",
+  "knnTop1",
+  "linearTop1",
+  "linearTop5",
+  "evalSeconds",
+] as const;
+
+/** metrics.csv beside a metrics.jsonl (undefined for any other file name). */
+export function metricsCsvPath(jsonlPath: string): string | undefined {
+  return jsonlPath.endsWith(".jsonl") ? jsonlPath.replace(/\.jsonl$/, ".csv") : undefined;
+}
+
+/** One metrics line as a CSV row (empty cells for absent values; text quoted when needed). */
+export function metricsCsvRow(line: MetricsLine): string {
+  return METRICS_CSV_COLUMNS.map((column) => {
+    const value = line[column];
+    if (value === undefined || value === null) return "";
+    const text = String(value);
+    return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+  }).join(",") + "\n";
+}
+
+/** The whole metrics.csv of some metrics lines: the header, then one row per line. */
+export function metricsCsv(lines: MetricsLine[]): string {
+  return METRICS_CSV_COLUMNS.join(",") + "\n" + lines.map(metricsCsvRow).join("");
+}
+
+/** Write a file whole: a temporary file renamed over it, so a reader never sees half of it. */
+async function replaceText(path: string, text: string): Promise<void> {
+  await Deno.writeTextFile(`${path}.tmp`, text);
+  await Deno.rename(`${path}.tmp`, path);
+}
 
 /** A non-finite loss or norm: the run has diverged at `step`. */
 export class DivergedError extends Error {
@@ -34,6 +81,8 @@ export class TrainingLog {
   }[] = [];
   private imagesSinceFlush = 0;
   private flushClock = performance.now();
+  /** Whether metrics.csv is known to exist (checked at the first line). */
+  private csvReady = false;
 
   /**
    * @param lossSlots loss values one step writes (directions x micro-batches)
@@ -101,10 +150,21 @@ export class TrainingLog {
     }
   }
 
-  /** Append one line to metrics.jsonl. */
+  /** Append one line to metrics.jsonl and its row to metrics.csv. */
   async append(line: MetricsLine): Promise<void> {
     if (this.path === undefined) return;
     await Deno.writeTextFile(this.path, JSON.stringify(line) + "\n", { append: true });
+    const csv = metricsCsvPath(this.path);
+    if (csv === undefined) return;
+    if (!this.csvReady) {
+      // No metrics.csv yet (a run started before it existed): write it whole from the JSON lines.
+      this.csvReady = true;
+      if (!await Deno.stat(csv).then(() => true, () => false)) {
+        await replaceText(csv, metricsCsv(await TrainingLog.read(this.path)));
+        return;
+      }
+    }
+    await Deno.writeTextFile(csv, metricsCsvRow(line), { append: true });
   }
 
   /** Every line of a metrics.jsonl ([] when there is none). */
@@ -119,9 +179,14 @@ export class TrainingLog {
     return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
   }
 
-  /** Keep only the lines up to `step` (a resumed run rewrites what came after). */
+  /**
+   * Keep only the lines up to `step` (a resumed run rewrites what came after), in metrics.jsonl
+   * and in metrics.csv (rewritten from the kept lines).
+   */
   static async truncate(path: string, step: number): Promise<void> {
     const kept = (await TrainingLog.read(path)).filter((m) => (m.step as number) <= step);
-    await Deno.writeTextFile(path, kept.map((m) => JSON.stringify(m) + "\n").join(""));
+    await replaceText(path, kept.map((m) => JSON.stringify(m) + "\n").join(""));
+    const csv = metricsCsvPath(path);
+    if (csv !== undefined) await replaceText(csv, metricsCsv(kept));
   }
 }

@@ -1,4 +1,6 @@
-/** Small command-line helpers shared by the tasks: errors, progress, flag checks. */
+/** Small command-line helpers shared by the tasks: errors, progress, flag tables and checks. */
+import { parseArgs } from "node:util";
+import { DatasetError } from "../data/common.ts";
 import { KERNEL_PLAN_ENV, parsePlanKind, PLAN_KINDS, type PlanKind } from "../runtime/gpu.ts";
 
 /** An error meant for the user: printed as one line, exit code 2 (bad input) or 1. */
@@ -9,8 +11,9 @@ export class UserError extends Error {
 }
 
 /**
- * Run a task's main, turning errors into one clear line and a non-zero exit code. A bad
- * TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input.
+ * Run a task's main, turning errors into one clear line and a non-zero exit code: 2 for bad input
+ * (a {@link UserError}, or a dataset that cannot be read: its message names the file and the fix).
+ * A bad TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input.
  */
 export function runMain(task: string, main: () => Promise<number | void>): void {
   Promise.resolve().then(() => kernelPlanSetting(undefined)).then(main).then(
@@ -19,9 +22,81 @@ export function runMain(task: string, main: () => Promise<number | void>): void 
       const error = e as Error;
       console.error(`${task}: error: ${error.message}`);
       if (Deno.env.get("TRITRAIN_DEBUG")) console.error(error.stack);
-      Deno.exit(e instanceof UserError ? e.exitCode : 1);
+      Deno.exit(e instanceof UserError ? e.exitCode : e instanceof DatasetError ? 2 : 1);
     },
   );
+}
+
+/** One command-line flag of a task: its value placeholder (none: a switch) and its help text. */
+export interface FlagRow {
+  name: string;
+  value?: string;
+  help: string;
+}
+
+/** A task's --help: the usage line, a sentence or two, then one line per flag of its table. */
+export function flagHelp(usage: string, about: string, rows: readonly FlagRow[]): string {
+  const lines = rows.map((f) =>
+    `${`  --${f.name}${f.value ? ` ${f.value}` : ""}`.padEnd(23)}${f.help}`
+  );
+  return [`usage: ${usage}`, "", about, "", ...lines].join("\n");
+}
+
+/**
+ * Parse `args` against a flag table (strings and switches by name); an unknown flag or a missing
+ * value is a {@link UserError}. A negative number after a flag is that flag's value (`--seed -1`),
+ * so the flag's own check names it.
+ */
+export function parseFlagTable(
+  rows: readonly FlagRow[],
+  args: string[],
+): Record<string, string | boolean | undefined> {
+  const takesValue = new Set(rows.filter((f) => f.value).map((f) => `--${f.name}`));
+  args = args.flatMap((arg, i) =>
+    takesValue.has(arg) && /^-[\d.]/.test(args[i + 1] ?? "")
+      ? [`${arg}=${args[i + 1]}`]
+      : i > 0 && takesValue.has(args[i - 1]) && /^-[\d.]/.test(arg)
+      ? []
+      : [arg]
+  );
+  const options = Object.fromEntries(rows.map((f) => [
+    f.name,
+    {
+      type: f.value ? "string" as const : "boolean" as const,
+      ...(f.name === "help" ? { short: "h" } : {}),
+    },
+  ]));
+  try {
+    return parseArgs({ args, options }).values;
+  } catch (e) {
+    throw new UserError(`${(e as Error).message} (see --help)`);
+  }
+}
+
+/** An input file that must exist (checked before anything is loaded). */
+export async function existingFile(flag: string, path: string): Promise<void> {
+  const stat = await Deno.stat(path).catch(() => undefined);
+  if (!stat) throw new UserError(`--${flag} ${path}: no such file`);
+  if (!stat.isFile) throw new UserError(`--${flag} ${path} is not a file`);
+}
+
+/** An input directory that must exist. */
+export async function existingDirectory(flag: string, path: string): Promise<void> {
+  const stat = await Deno.stat(path).catch(() => undefined);
+  if (!stat) throw new UserError(`--${flag} ${path}: no such directory`);
+  if (!stat.isDirectory) throw new UserError(`--${flag} ${path} is not a directory`);
+}
+
+/** An output file: its directory must exist and the path must not be a directory. */
+export async function writableFile(flag: string, path: string): Promise<void> {
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  const parent = await Deno.stat(dir).catch(() => undefined);
+  if (!parent?.isDirectory) {
+    throw new UserError(`--${flag} ${path}: the directory ${dir} does not exist; create it first`);
+  }
+  const stat = await Deno.stat(path).catch(() => undefined);
+  if (stat?.isDirectory) throw new UserError(`--${flag} ${path} is a directory: give a file name`);
 }
 
 /** Parse a positive integer flag, or throw a UserError naming it. */

@@ -3,23 +3,50 @@
  * backbone features (global-average-pooled, eval-mode BN) of every image in dataset order, as a
  * float32 .npy matrix (rows = images) that numpy.load reads.
  */
-import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
-import { loadBackbone } from "../models/load.ts";
+import { backboneFromCheckpoint } from "../models/load.ts";
 import { extractFeatures } from "../models/evaluate.ts";
 import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
-import { oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
-import { PRESETS, type TrainConfig } from "./presets.ts";
+import {
+  flagHelp,
+  type FlagRow,
+  oneOf,
+  parseFlagTable,
+  positiveInt,
+  Progress,
+  runMain,
+  UserError,
+  writableFile,
+} from "./cli.ts";
 import { EVAL_FORWARD_BATCH } from "./train_config.ts";
 import { writeFileAtomic } from "../models/safetensors.ts";
+import { datasetSource, readCheckpointInput } from "./checkpoint_input.ts";
 
-const HELP = `usage: deno task embed --checkpoint FILE --out FILE.npy [flags]
-  --checkpoint FILE   a tritrain checkpoint
-  --dataset NAME      ${DATASET_NAMES.join("|")} (default: the run's)
-  --data DIR          dataset directory
-  --split S           train|test (default test)
-  --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
-  --out FILE.npy      output: float32 [images, features]; labels go to FILE.labels.npy`;
+/** Every flag of `deno task embed`, in --help order. */
+export const EMBED_FLAGS: FlagRow[] = [
+  { name: "checkpoint", value: "FILE", help: "a tritrain checkpoint (required)" },
+  {
+    name: "out",
+    value: "FILE.npy",
+    help: "output (required): float32 [images, features]; labels go to FILE.labels.npy",
+  },
+  {
+    name: "dataset",
+    value: "NAME",
+    help: `${DATASET_NAMES.join(" | ")} (default: the run's)`,
+  },
+  { name: "data", value: "DIR", help: "dataset directory (default: the run's, or the dataset's)" },
+  { name: "split", value: "S", help: "train | test (default test)" },
+  { name: "batch", value: "N", help: `images per forward pass (default ${EVAL_FORWARD_BATCH})` },
+  { name: "help", help: "this text" },
+];
+
+const HELP = flagHelp(
+  "deno task embed --checkpoint FILE --out FILE.npy [flags]",
+  "Backbone features of every image of a split, in dataset order, as a .npy matrix.\n" +
+    "Every flag and input is checked before the GPU, the checkpoint or the data are loaded.",
+  EMBED_FLAGS,
+);
 
 /** A .npy (version 1.0) file of a 2-D little-endian array. */
 export function encodeNpy(
@@ -42,39 +69,23 @@ export function encodeNpy(
 }
 
 async function main(): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      options: {
-        checkpoint: { type: "string" },
-        dataset: { type: "string" },
-        data: { type: "string" },
-        split: { type: "string", default: "test" },
-        batch: { type: "string" },
-        out: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (e) {
-    throw new UserError(`${(e as Error).message}\n${HELP}`);
-  }
-  const flags = parsed.values;
-  if (flags.help) {
+  const values = parseFlagTable(EMBED_FLAGS, Deno.args);
+  const flags = values as Record<string, string | undefined>;
+  if (values.help) {
     console.log(HELP);
     return 0;
   }
-  if (!flags.checkpoint) throw new UserError(`--checkpoint FILE is required\n${HELP}`);
-  if (!flags.out) throw new UserError(`--out FILE.npy is required\n${HELP}`);
-  const split = oneOf("split", flags.split, ["train", "test"] as const)!;
-  const gpu = await acquireGpu({ log: true });
-  const { backbone, state } = await loadBackbone(gpu, flags.checkpoint).catch((e) => {
-    throw new UserError((e as Error).message);
-  });
-  const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
-  const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
-  const dir = flags.data ?? (flags.dataset ? undefined : run.data);
+  if (!flags.checkpoint) throw new UserError("--checkpoint FILE is required (see --help)");
+  if (!flags.out) throw new UserError("--out FILE.npy is required (see --help)");
+  const split = oneOf("split", flags.split ?? "test", ["train", "test"] as const)!;
+  const batchSize = positiveInt("batch", flags.batch) ?? EVAL_FORWARD_BATCH;
+  const labelsPath = flags.out.replace(/\.npy$/, "") + ".labels.npy";
+  await writableFile("out", flags.out);
+  const { checkpoint, run } = await readCheckpointInput(flags.checkpoint);
+  const { dataset, dir } = await datasetSource({ dataset: flags.dataset, data: flags.data }, run);
   const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize });
+  const gpu = await acquireGpu({ log: true });
+  const { backbone } = backboneFromCheckpoint(gpu, checkpoint, flags.checkpoint);
   const progress = new Progress();
   const indices = Uint32Array.from({ length: source.length }, (_, i) => i);
   const { features, dim, labels } = await extractFeatures(
@@ -82,12 +93,11 @@ async function main(): Promise<number> {
     backbone,
     source,
     indices,
-    positiveInt("batch", flags.batch) ?? EVAL_FORWARD_BATCH,
+    batchSize,
     (done, total) => progress.update(`embedding ${progress.bar(done / total)} ${done}/${total}`),
   );
   source.close?.();
   await writeFileAtomic(flags.out, encodeNpy(features, source.length, dim));
-  const labelsPath = flags.out.replace(/\.npy$/, "") + ".labels.npy";
   await writeFileAtomic(labelsPath, encodeNpy(labels, source.length));
   progress.log(`wrote ${flags.out} (${source.length} x ${dim} float32) and ${labelsPath}`);
   return 0;

@@ -4,77 +4,100 @@
  * Then pictures of what was learned, beside the JSON: a retrieval grid, a t-SNE map of the test
  * embeddings and the kNN confusion matrix (per-class accuracy also goes into the JSON).
  */
-import { parseArgs } from "node:util";
 import { acquireGpu } from "../runtime/gpu.ts";
-import { loadBackbone } from "../models/load.ts";
+import { backboneFromCheckpoint } from "../models/load.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
+import { writeFileAtomic } from "../models/safetensors.ts";
 import { writeInsightPictures } from "./pictures.ts";
 import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
-import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
-import { PRESETS, type TrainConfig } from "./presets.ts";
+import {
+  flagHelp,
+  type FlagRow,
+  nonNegativeInt,
+  parseFlagTable,
+  positiveInt,
+  Progress,
+  runMain,
+  UserError,
+  writableFile,
+} from "./cli.ts";
 import { EVAL_FORWARD_BATCH, evaluationOptions } from "./train_config.ts";
+import { datasetSource, readCheckpointInput } from "./checkpoint_input.ts";
 
-const HELP = `usage: deno task eval --checkpoint FILE [flags]
-  --checkpoint FILE   a tritrain checkpoint (checkpoint.safetensors of a run)
-  --dataset NAME      ${DATASET_NAMES.join("|")} (default: the run's)
-  --data DIR          dataset directory (default: the run's, or the dataset's default)
-  --bank N            training images in the kNN bank / probe set (0 = all; default: the run's)
-  --test N            test images (0 = all)
-  --knn-k N           neighbours (default 200)
-  --probe-epochs N    linear probe epochs (0 skips the probe; default: the run's preset)
-  --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
-  --out FILE          write the results as JSON here (default: beside the checkpoint)
-  --map-points N      test images on the t-SNE map (default 1000; O(N^2) time)
-  --no-pictures       skip the retrieval grid, the map and the confusion matrix PNGs`;
+/** Every flag of `deno task eval`, in --help order. */
+export const EVAL_FLAGS: FlagRow[] = [
+  {
+    name: "checkpoint",
+    value: "FILE",
+    help: "a tritrain checkpoint (a run's checkpoint.safetensors); required",
+  },
+  {
+    name: "dataset",
+    value: "NAME",
+    help: `${DATASET_NAMES.join(" | ")} (default: the run's)`,
+  },
+  { name: "data", value: "DIR", help: "dataset directory (default: the run's, or the dataset's)" },
+  {
+    name: "bank",
+    value: "N",
+    help: "training images in the kNN bank and probe set (0: all; default: the run's)",
+  },
+  { name: "test", value: "N", help: "test images evaluated (0: all; default: the run's)" },
+  { name: "knn-k", value: "N", help: "kNN neighbours (default: the run's, 200)" },
+  {
+    name: "probe-epochs",
+    value: "N",
+    help: "linear probe epochs (0 skips the probe; default: the run's)",
+  },
+  { name: "batch", value: "N", help: `images per forward pass (default ${EVAL_FORWARD_BATCH})` },
+  {
+    name: "out",
+    value: "FILE",
+    help: "the results as JSON (default: beside the checkpoint, CHECKPOINT.eval.json); the " +
+      "pictures go beside it",
+  },
+  { name: "map-points", value: "N", help: "test images on the t-SNE map (default 1000; O(N^2))" },
+  { name: "no-pictures", help: "skip the retrieval grid, the map and the confusion matrix PNGs" },
+  { name: "help", help: "this text" },
+];
+
+const HELP = flagHelp(
+  "deno task eval --checkpoint FILE [flags]",
+  "kNN monitor and linear probe of a checkpoint's backbone, plus pictures of what it learned.\n" +
+    "Every flag and input is checked before the GPU, the checkpoint or the data are loaded.",
+  EVAL_FLAGS,
+);
 
 async function main(): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      options: {
-        checkpoint: { type: "string" },
-        dataset: { type: "string" },
-        data: { type: "string" },
-        bank: { type: "string" },
-        test: { type: "string" },
-        "knn-k": { type: "string" },
-        "probe-epochs": { type: "string" },
-        batch: { type: "string" },
-        out: { type: "string" },
-        "map-points": { type: "string" },
-        "no-pictures": { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (e) {
-    throw new UserError(`${(e as Error).message}\n${HELP}`);
-  }
-  const flags = parsed.values;
-  if (flags.help) {
+  const values = parseFlagTable(EVAL_FLAGS, Deno.args);
+  // The switches are read from `values`; every other flag is a string.
+  const flags = values as Record<string, string | undefined>;
+  if (values.help) {
     console.log(HELP);
     return 0;
   }
-  if (!flags.checkpoint) throw new UserError(`--checkpoint FILE is required\n${HELP}`);
+  if (!flags.checkpoint) throw new UserError("--checkpoint FILE is required (see --help)");
+  // Every number first, then the files: nothing is loaded before all of it is known good.
   const mapPoints = positiveInt("map-points", flags["map-points"]) ?? 1000;
-  const gpu = await acquireGpu({ log: true });
-  const { backbone, state } = await loadBackbone(gpu, flags.checkpoint).catch((e) => {
-    throw new UserError((e as Error).message);
-  });
-  const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
-  const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
-  const dir = flags.data ?? (flags.dataset ? undefined : run.data);
-  const source = { dir, imageSize: run.imageSize };
-  const train = await loadDataset(dataset, { ...source, split: "train" });
-  const test = await loadDataset(dataset, { ...source, split: "test" });
-  const progress = new Progress();
-  const options = evaluationOptions(run, true, {
+  const overrides = {
     knnK: positiveInt("knn-k", flags["knn-k"]),
     bankSize: nonNegativeInt("bank", flags.bank),
     testSize: nonNegativeInt("test", flags.test),
     probeEpochs: nonNegativeInt("probe-epochs", flags["probe-epochs"]),
     batchSize: positiveInt("batch", flags.batch),
-  });
+  };
+  const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
+  await writableFile("out", out);
+  const { checkpoint, run } = await readCheckpointInput(flags.checkpoint);
+  const { dataset, dir } = await datasetSource({ dataset: flags.dataset, data: flags.data }, run);
+  const source = { dir, imageSize: run.imageSize };
+  const train = await loadDataset(dataset, { ...source, split: "train" });
+  const test = await loadDataset(dataset, { ...source, split: "test" });
+  const options = evaluationOptions(run, true, overrides);
+  const gpu = await acquireGpu({ log: true });
+  const { backbone } = backboneFromCheckpoint(gpu, checkpoint, flags.checkpoint);
+  const state = checkpoint.state;
+  const progress = new Progress();
   const result = await evaluateBackbone(
     gpu,
     backbone,
@@ -83,14 +106,13 @@ async function main(): Promise<number> {
     options,
     (what, done, total) => progress.update(`${what} ${done}/${total}`),
   );
-  const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
   let report: Record<string, unknown> = {
     checkpoint: flags.checkpoint,
     dataset,
     step: state.step ?? null,
     ...result,
   };
-  if (!flags["no-pictures"]) {
+  if (!values["no-pictures"]) {
     const pictures = await writeInsightPictures(
       gpu,
       backbone,
@@ -114,7 +136,7 @@ async function main(): Promise<number> {
   train.close?.();
   test.close?.();
   progress.log(JSON.stringify(report, null, 1));
-  await Deno.writeTextFile(out, JSON.stringify(report, null, 1) + "\n");
+  await writeFileAtomic(out, new TextEncoder().encode(JSON.stringify(report, null, 1) + "\n"));
   console.log(`wrote ${out}`);
   return 0;
 }

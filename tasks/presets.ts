@@ -76,6 +76,18 @@ export interface TrainConfig {
   probeBatch: number;
 }
 
+/**
+ * The fields each preset departure describes, by its text: a run whose config changes one of them
+ * no longer prints that text but what it actually uses (tasks/departures.ts).
+ */
+export const DEPARTURE_FIELDS = new Map<string, (keyof TrainConfig)[]>();
+
+/** A preset departure that describes `fields` (registered in {@link DEPARTURE_FIELDS}). */
+function departure(fields: (keyof TrainConfig)[], text: string): string {
+  DEPARTURE_FIELDS.set(text, fields);
+  return text;
+}
+
 /** METHOD.md's truncated triplet loss: smoothed rank-k over the window [2, 10]. */
 function tripletLoss(window: [number, number] = [...LOSS_DEFAULTS.window]): LossConfig {
   return { kind: "triplet", ...LOSS_DEFAULTS, window };
@@ -95,34 +107,73 @@ export const PRESETS: Record<string, TrainConfig> = {
   small: {
     preset: "small",
     deviations: [
-      "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 8/16/32/64 " +
-      "(torchvision: 64/128/256/512), to train ~750 steps in minutes on a CPU adapter",
-      "28x28 grayscale Fashion-MNIST: colour ops are no-ops; crop scale from 0.6 instead of 0.08 " +
-      "(a short run learns faster from milder crops: kNN 68.5% vs 66.8% at 200 steps with 0.3)",
-      "projector/predictor 64 -> 512 -> 64 (METHOD.md: 2048 -> 4096 -> 256), scaled with the backbone",
-      "batch 64 on one device; lr 3.0 (METHOD.md's scaling gives 4.8*64/4096 = 0.075): LARS moves " +
-      "each tensor by about lr*eta of its norm per step, so a run of a few hundred steps needs a " +
-      "larger lr to move at all; warm-up 0.05 epochs (~47 steps) instead of 10 epochs",
-      "EMA base momentum 0.9 instead of 0.99: a 750-step run cannot wait ~100 steps for the target " +
-      "to follow the online network (kNN 69.7% vs 68.5% at 200 steps with crop 0.6)",
-      "750 steps (~0.8 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
-      "CPU through lavapipe; kNN every 250 steps",
-      "smoothed rank-k window [11, 19] instead of [2, 10]: with 10 classes a batch of 64 holds " +
-      "~6.3 same-class (false) negatives per image, so ranks 2-10 are mostly false negatives; " +
-      "bernoulliK(10, 64, 0.05) = 11 is the first rank that is a true negative with probability " +
-      ">= 0.95, and the window keeps the released code's width of nine ranks",
-      "linear probe and kNN on a subset of the training split to fit the time budget",
-      "no per-branch batch rescale (the released code resizes online views to 96-224 px and " +
-      "target views to 128-224 px each iteration; a 28 px image has nothing to rescale to)",
-      "crops resampled bilinearly (METHOD.md: bicubic): bicubic overshoot rings at 28 px",
-      "Gaussian blur sigma scaled by 28/224 to 0.0125-0.25 px, which leaves a 28 px image " +
-      "practically unchanged: METHOD.md's view-1/view-2 blur asymmetry (p 1.0 / 0.1) is absent. " +
-      "Kept so on purpose: a blur that does something (--blur-sigma 0.1,1) lowered the 200-step " +
-      "kNN from 71.9% to 69.1% (one seed, 5,000 test images, 2026-12-02)",
-      "learning rate per step (linear warm-up from lr/W, then a cosine per step): the released " +
-      "code's per-epoch cosine would stay flat over a run shorter than one epoch",
-      "heads initialised as torch's Linear default (the released code: projector Kaiming-normal " +
-      "fan-in, predictor Normal(0, 0.01), biases 0; kept for the recorded default run)",
+      departure(
+        ["arch", "widths", "smallImage"],
+        "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 8/16/32/64 " +
+          "(torchvision: 64/128/256/512), to train ~750 steps in minutes on a CPU adapter",
+      ),
+      departure(
+        ["dataset", "imageSize", "cropScaleMin"],
+        "28x28 grayscale Fashion-MNIST: colour ops are no-ops; crop scale from 0.6 instead of 0.08 " +
+          "(a short run learns faster from milder crops: kNN 68.5% vs 66.8% at 200 steps with 0.3)",
+      ),
+      departure(
+        ["projectorHidden", "projectorOut", "predictorHidden"],
+        "projector/predictor 64 -> 512 -> 64 (METHOD.md: 2048 -> 4096 -> 256), scaled with the backbone",
+      ),
+      departure(
+        ["batch", "accum", "ranks", "lr", "warmupEpochs"],
+        "batch 64 on one device; lr 3.0 (METHOD.md's scaling gives 4.8*64/4096 = 0.075): LARS moves " +
+          "each tensor by about lr*eta of its norm per step, so a run of a few hundred steps needs a " +
+          "larger lr to move at all; warm-up 0.05 epochs (~47 steps) instead of 10 epochs",
+      ),
+      departure(
+        ["emaBase"],
+        "EMA base momentum 0.9 instead of 0.99: a 750-step run cannot wait ~100 steps for the target " +
+          "to follow the online network (kNN 69.7% vs 68.5% at 200 steps with crop 0.6)",
+      ),
+      departure(
+        ["steps", "epochs", "evalEvery"],
+        "750 steps (~0.8 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
+          "CPU through lavapipe; kNN every 250 steps",
+      ),
+      departure(
+        ["loss"],
+        "smoothed rank-k window [11, 19] instead of [2, 10]: with 10 classes a batch of 64 holds " +
+          "~6.3 same-class (false) negatives per image, so ranks 2-10 are mostly false negatives; " +
+          "bernoulliK(10, 64, 0.05) = 11 is the first rank that is a true negative with probability " +
+          ">= 0.95, and the window keeps the released code's width of nine ranks",
+      ),
+      departure(
+        ["knnBankSize", "evalTestSize"],
+        "linear probe and kNN on a subset of the training split to fit the time budget",
+      ),
+      departure(
+        ["randomRescale"],
+        "no per-branch batch rescale (the released code resizes online views to 96-224 px and " +
+          "target views to 128-224 px each iteration; a 28 px image has nothing to rescale to)",
+      ),
+      departure(
+        ["augment"],
+        "crops resampled bilinearly (METHOD.md: bicubic): bicubic overshoot rings at 28 px",
+      ),
+      departure(
+        ["blurSigma", "imageSize"],
+        "Gaussian blur sigma scaled by 28/224 to 0.0125-0.25 px, which leaves a 28 px image " +
+          "practically unchanged: METHOD.md's view-1/view-2 blur asymmetry (p 1.0 / 0.1) is absent. " +
+          "Kept so on purpose: a blur that does something (--blur-sigma 0.1,1) lowered the 200-step " +
+          "kNN from 71.9% to 69.1% (one seed, 5,000 test images, 2026-12-02)",
+      ),
+      departure(
+        ["lrSchedule"],
+        "learning rate per step (linear warm-up from lr/W, then a cosine per step): the released " +
+          "code's per-epoch cosine would stay flat over a run shorter than one epoch",
+      ),
+      departure(
+        ["headInit"],
+        "heads initialised as torch's Linear default (the released code: projector Kaiming-normal " +
+          "fan-in, predictor Normal(0, 0.01), biases 0; kept for the recorded default run)",
+      ),
       ...COMMON_DEVIATIONS,
     ],
     arch: "resnet18",
@@ -164,10 +215,13 @@ export const PRESETS: Record<string, TrainConfig> = {
   "resnet50-imagenet": {
     preset: "resnet50-imagenet",
     deviations: [
-      "one device: the released runs put 196 images on each of 8 GPUs with synchronised BN and " +
-      "accumulated to an effective 6272; here 196 images per micro-batch (the negatives of a row " +
-      "come from its 196, as per GPU in the released code) x 32 micro-batches = 6272, with BN " +
-      "statistics per micro-batch (no SyncBN); --distributed spreads the micro-batches over ranks",
+      departure(
+        ["batch", "accum", "ranks"],
+        "one device: the released runs put 196 images on each of 8 GPUs with synchronised BN and " +
+          "accumulated to an effective 6272; here 196 images per micro-batch (the negatives of a row " +
+          "come from its 196, as per GPU in the released code) x 32 micro-batches = 6272, with BN " +
+          "statistics per micro-batch (no SyncBN); --distributed spreads the micro-batches over ranks",
+      ),
       "fp32 (the released runs used fp16)",
       ...COMMON_DEVIATIONS,
     ],

@@ -4,7 +4,6 @@
  * and their two augmented views (view 1, view 2) as training would see them at step K. For an
  * image folder the top row is the evaluation transform (resize, centre crop to N).
  */
-import { parseArgs } from "node:util";
 import { encode as encodePng } from "fast-png";
 import { acquireGpu } from "../runtime/gpu.ts";
 import { DATASET_NAMES, DatasetError, loadDataset, shuffledOrder } from "../data/dataset.ts";
@@ -12,40 +11,46 @@ import { Augmenter } from "../data/augment.ts";
 import { augmentConfigFor } from "../data/augment_config.ts";
 import { composeGrid } from "../data/grid.ts";
 import { cropViewSpec } from "../data/folder_decode.ts";
-import { nonNegativeInt, oneOf, positiveInt, runMain, UserError } from "./cli.ts";
+import {
+  existingDirectory,
+  flagHelp,
+  type FlagRow,
+  nonNegativeInt,
+  oneOf,
+  parseFlagTable,
+  positiveInt,
+  runMain,
+  UserError,
+  writableFile,
+} from "./cli.ts";
 
-const USAGE = `usage: deno task preview [flags]
-  --dataset NAME      ${DATASET_NAMES.join("|")} (default fashion-mnist)
-  --data DIR          dataset directory
-  --out FILE          the PNG to write (default preview.png)
-  --n N               images, one column each (default 8)
-  --seed N            augmentation seed (default 0)
-  --step K            training step whose views are shown (default 0)
-  --size S            view size (default: the image size, at most 224)
-  --image-size N      folder datasets: stored image size (default 256)`;
+/** Every flag of `deno task preview`, in --help order. */
+export const PREVIEW_FLAGS: FlagRow[] = [
+  { name: "dataset", value: "NAME", help: `${DATASET_NAMES.join(" | ")} (default fashion-mnist)` },
+  { name: "data", value: "DIR", help: "dataset directory (default: the dataset's)" },
+  { name: "out", value: "FILE", help: "the PNG to write (default preview.png)" },
+  { name: "n", value: "N", help: "images, one column each (default 8)" },
+  { name: "seed", value: "N", help: "augmentation seed (default 0)" },
+  { name: "step", value: "K", help: "training step whose views are shown (default 0)" },
+  { name: "size", value: "S", help: "view size (default: the image size, at most 224)" },
+  { name: "image-size", value: "N", help: "folder datasets: stored image size (default 256)" },
+  { name: "help", help: "this text" },
+];
+
+const USAGE = flagHelp(
+  "deno task preview [flags]",
+  "A PNG grid of training images (top row) and their two augmented views at a training step.",
+  PREVIEW_FLAGS,
+);
 
 async function main(): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      options: {
-        dataset: { type: "string", default: "fashion-mnist" },
-        data: { type: "string" },
-        out: { type: "string", default: "preview.png" },
-        n: { type: "string" },
-        seed: { type: "string" },
-        step: { type: "string" },
-        size: { type: "string" },
-        "image-size": { type: "string" },
-        help: { type: "boolean", default: false, short: "h" },
-      },
-    });
-  } catch (e) {
-    throw new UserError(`${(e as Error).message}\n${USAGE}`);
-  }
-  const values = parsed.values;
-  if (values.help) {
+  const parsed = parseFlagTable(PREVIEW_FLAGS, Deno.args);
+  const values: Record<string, string | undefined> & { dataset: string; out: string } = {
+    ...parsed as Record<string, string | undefined>,
+    dataset: (parsed.dataset as string | undefined) ?? "fashion-mnist",
+    out: (parsed.out as string | undefined) ?? "preview.png",
+  };
+  if (parsed.help) {
     console.log(USAGE);
     return 0;
   }
@@ -55,6 +60,11 @@ async function main(): Promise<number> {
   const name = oneOf("dataset", values.dataset, DATASET_NAMES)!;
   const imageSize = positiveInt("image-size", values["image-size"]) ?? 256;
   const requestedSize = positiveInt("size", values.size);
+  await writableFile("out", values.out);
+  if (values.data !== undefined) await existingDirectory("data", values.data);
+  if (name === "folder" && values.data === undefined) {
+    throw new UserError("--dataset folder needs --data DIR (a folder of images)");
+  }
   const dataset = await loadDataset(name, { dir: values.data, split: "train", imageSize }).catch(
     (e) => {
       throw e instanceof DatasetError ? new UserError(e.message) : e;

@@ -14,7 +14,10 @@ import { assertSameConfig, broadcastText, GradientSync } from "../models/data_pa
 import { type Collective, openMpi } from "../runtime/mpi.ts";
 import { formatDuration, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { writeInsightPictures } from "./pictures.ts";
-import type { TrainConfig } from "./presets.ts";
+import { readConfigFile } from "./config_file.ts";
+import { PRESETS, type TrainConfig } from "./presets.ts";
+import { departuresOf } from "./departures.ts";
+import { writeFileAtomic } from "../models/safetensors.ts";
 import {
   augmentConfig,
   EVAL_FORWARD_BATCH,
@@ -46,7 +49,10 @@ async function runConfig(
   const lead = (mpi?.rank ?? 0) === 0;
   const resumeDir = flags.resume as string | undefined;
   if (!resumeDir) {
-    const config = resolveConfig(flags, ranks);
+    // Like a resumed run's config.json, rank 0 reads the file and sends it to every rank.
+    let file = flags.config && lead ? await readConfigFile(flags.config as string) : {};
+    if (mpi && flags.config) file = JSON.parse(await broadcastText(mpi, JSON.stringify(file)));
+    const config = resolveConfig(flags, ranks, file);
     const outDir = (flags.out as string | undefined) ??
       `runs/${config.preset}-${config.loss.kind}-seed${config.seed}`;
     if (lead) await refuseExistingRun(outDir, flags.overwrite === true);
@@ -91,7 +97,14 @@ async function runConfig(
   const epochs = positiveInt("epochs", flags.epochs as string | undefined);
   if (epochs !== undefined) [config.epochs, config.steps] = [epochs, undefined];
   config.steps = positiveInt("steps", flags.steps as string | undefined) ?? config.steps;
+  // An extended run lists (and its config.json records) the length it now trains to.
+  if (extendsRun(flags) && PRESETS[config.preset]) config.deviations = departuresOf(config);
   return { config, outDir: resumeDir };
+}
+
+/** Whether a --resume changes the run's length (--steps or --epochs). */
+function extendsRun(flags: Flags): boolean {
+  return flags.steps !== undefined || flags.epochs !== undefined;
 }
 
 /** A non-empty run directory is only replaced when asked to (--overwrite). */
@@ -186,6 +199,13 @@ async function runTraining(
   if (resuming && lead) {
     ({ step: startStep, wallSeconds: wallBefore } = await checkpoints.restore());
     await TrainingLog.truncate(files.metrics, startStep);
+    if (extendsRun(flags)) {
+      // Resuming again (or repeating the run with --config) continues to the new length.
+      await writeFileAtomic(
+        files.config,
+        new TextEncoder().encode(JSON.stringify(config, null, 1) + "\n"),
+      );
+    }
     progress.log(`resumed at step ${startStep}`);
   } else if (lead) {
     // Everything is validated and loaded: only now is the run directory written.

@@ -19,6 +19,7 @@ import {
   UserError,
 } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
+import { departuresOf } from "./departures.ts";
 
 /** One command-line flag: its value placeholder (none: a switch) and its help text. */
 interface FlagSpec {
@@ -34,6 +35,12 @@ const PRESET_NAMES = Object.keys(PRESETS);
 /** Every flag of `deno task train`, in --help order. */
 export const TRAIN_FLAGS: FlagSpec[] = [
   { name: "preset", value: "NAME", help: `${PRESET_NAMES.join(" | ")}`, preset: (p) => p.preset },
+  {
+    name: "config",
+    value: "FILE",
+    help: "settings from a JSON file (any config.json fields; a run's config.json repeats " +
+      "that run); the preset fills the rest and flags override it",
+  },
   { name: "arch", value: "NAME", help: ARCH_NAMES.join(" | "), preset: (p) => p.arch },
   { name: "dataset", value: "NAME", help: DATASET_NAMES.join(" | "), preset: (p) => p.dataset },
   { name: "data", value: "DIR", help: "dataset directory (folder: one sub-folder per class)" },
@@ -248,6 +255,7 @@ export function parseTrainFlags(args: string[]): Flags {
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
 const INVOCATION_FLAGS = [
   "preset",
+  "config",
   "out",
   "help",
   "overwrite",
@@ -270,21 +278,35 @@ export const RESUME_FLAGS = [
   "kernel-plan",
 ];
 
-/** The preset with every flag applied, for `ranks` data-parallel processes; validated. */
-export function resolveConfig(flags: Flags, ranks = 1): TrainConfig {
-  const presetName = (flags.preset as string | undefined) ?? "small";
+/**
+ * The preset (with the fields of a --config `file` over it, checked by tasks/config_file.ts) with
+ * every flag applied, for `ranks` data-parallel processes; validated; its departures listed.
+ */
+export function resolveConfig(
+  flags: Flags,
+  ranks = 1,
+  file: Partial<TrainConfig> = {},
+): TrainConfig {
+  const presetName = (flags.preset as string | undefined) ?? file.preset ?? "small";
   const preset = PRESETS[presetName];
   if (!preset) {
     throw new UserError(
       `unknown preset ${JSON.stringify(presetName)}: choose ${PRESET_NAMES.join(", ")}`,
     );
   }
-  const config: TrainConfig = structuredClone(preset);
-  config.overrides = Object.fromEntries(
-    Object.entries(flags).filter(([name, value]) =>
-      value !== undefined && !INVOCATION_FLAGS.includes(name)
+  const config: TrainConfig = { ...structuredClone(preset), ...structuredClone(file) };
+  config.preset = presetName;
+  config.loss = { ...preset.loss, ...file.loss };
+  // A file with epochs and no steps (a run's config.json after --epochs) runs by epochs.
+  if (file.epochs !== undefined && file.steps === undefined) config.steps = undefined;
+  config.overrides = {
+    ...file.overrides,
+    ...Object.fromEntries(
+      Object.entries(flags).filter(([name, value]) =>
+        value !== undefined && !INVOCATION_FLAGS.includes(name)
+      ),
     ),
-  ) as Record<string, string | boolean>;
+  } as Record<string, string | boolean>;
   const str = (name: string) => flags[name] as string | undefined;
   config.arch = oneOf("arch", str("arch"), ARCH_NAMES) ?? config.arch;
   config.dataset = oneOf("dataset", str("dataset"), DATASET_NAMES) ?? config.dataset;
@@ -369,18 +391,15 @@ export function resolveConfig(flags: Flags, ranks = 1): TrainConfig {
           `${config.batch} has ${negatives}: use a larger --batch or a smaller window`,
       );
     }
-    // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so.
-    const shrunk: [number, number] = [Math.min(loss.window[0], negatives), negatives];
-    config.deviations.push(
-      `window [${loss.window}] shrunk to [${shrunk}]: a batch of ${config.batch} has only ` +
-        `${negatives} negatives per image`,
-    );
-    loss.window = shrunk;
+    // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so
+    // (tasks/departures.ts names the shrink).
+    loss.window = [Math.min(loss.window[0], negatives), negatives];
   }
   config.loss = loss;
   if (config.dataset === "folder" && !config.data) {
     throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
   }
+  config.deviations = departuresOf(config);
   return config;
 }
 

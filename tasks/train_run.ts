@@ -9,7 +9,12 @@ import type { SslModel } from "../models/ssl.ts";
 import type { Schedule } from "../models/schedule.ts";
 import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
 import { evaluateBackbone, type EvaluationResult } from "../models/evaluate.ts";
-import { DivergedError, type MetricsLine, TrainingLog } from "../models/training_log.ts";
+import {
+  DivergedError,
+  metricsCsv,
+  type MetricsLine,
+  TrainingLog,
+} from "../models/training_log.ts";
 import { bernoulliK } from "../models/bernoulli.ts";
 import { parameterCount } from "../models/resnet.ts";
 import type { MemoryEstimate } from "../models/memory.ts";
@@ -22,6 +27,8 @@ import { renderCurves } from "./plot.ts";
 export class RunFiles {
   readonly config: string;
   readonly metrics: string;
+  /** The same values as metrics.jsonl, one CSV row per line (models/training_log.ts). */
+  readonly metricsCsv: string;
   readonly checkpoint: string;
   readonly summary: string;
   readonly curves: string;
@@ -29,6 +36,7 @@ export class RunFiles {
   constructor(readonly dir: string) {
     this.config = `${dir}/config.json`;
     this.metrics = `${dir}/metrics.jsonl`;
+    this.metricsCsv = `${dir}/metrics.csv`;
     this.checkpoint = `${dir}/checkpoint.safetensors`;
     this.summary = `${dir}/summary.json`;
     this.curves = `${dir}/curves.svg`;
@@ -43,6 +51,7 @@ export class RunFiles {
       });
     }
     await Deno.writeTextFile(this.metrics, "");
+    await Deno.writeTextFile(this.metricsCsv, metricsCsv([]));
   }
 
   /** A retained checkpoint of step `step` (--keep-every). */

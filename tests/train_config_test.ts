@@ -1,10 +1,14 @@
 /**
  * train.ts's flag resolution (no GPU): the recipe flags reach the resolved config, the crop scale
- * reaches both augmented views, and out-of-range values are refused with the flag's name.
+ * reaches both augmented views, and out-of-range values are refused with the flag's name; --config
+ * files (a run's config.json resolves to itself; bad keys refused by name); departures that follow
+ * the flags.
  */
 import assert from "node:assert/strict";
 import { augmentConfig, resolveConfig } from "../tasks/train_config.ts";
 import { PRESETS } from "../tasks/presets.ts";
+import { readConfigFile } from "../tasks/config_file.ts";
+import { UserError } from "../tasks/cli.ts";
 
 Deno.test("train config: the small preset's recipe and its crop scale on both views", () => {
   const config = resolveConfig({});
@@ -99,4 +103,99 @@ Deno.test("train config: --blur-sigma replaces both views' blur range; bad range
     [[0.1 * 28 / 224, 2 * 28 / 224], [0.1 * 28 / 224, 2 * 28 / 224]],
   );
   assert.throws(() => resolveConfig({ "blur-sigma": "2,1" }), /--blur-sigma must be A,B/);
+});
+
+/** A --config file with `json` as its text, its path. */
+async function configFile(json: string): Promise<string> {
+  const path = await Deno.makeTempFile({ suffix: ".json" });
+  await Deno.writeTextFile(path, json);
+  return path;
+}
+
+Deno.test("train config: a run's config.json read back with --config resolves to the same config", async () => {
+  for (
+    const flags of [
+      { widths: "4,8,8,16", batch: "16", steps: "4", "eval-bank": "256", "no-probe": true },
+      { loss: "rank-k", k: "5", "ema-base": "0.99", "blur-sigma": "0.1,1", epochs: "2" },
+      { preset: "resnet50-imagenet", data: "/tmp/images", batch: "2", accum: "1" },
+    ]
+  ) {
+    const original = JSON.parse(JSON.stringify(resolveConfig(flags)));
+    const file = await readConfigFile(await configFile(JSON.stringify(original, null, 1)));
+    assert.deepEqual(JSON.parse(JSON.stringify(resolveConfig({}, 1, file))), original);
+  }
+});
+
+Deno.test("train config: a partial --config file fills the rest from its preset; flags override it", async () => {
+  const file = await readConfigFile(
+    await configFile('{"steps": 5, "lr": 2, "emaBase": 0.95, "loss": {"kind": "infonce"}}'),
+  );
+  const config = resolveConfig({ lr: "1" }, 1, file);
+  assert.deepEqual([config.steps, config.lr, config.emaBase], [5, 1, 0.95]);
+  assert.equal(config.loss.kind, "infonce");
+  assert.equal(
+    config.loss.temperature,
+    PRESETS.small.loss.temperature,
+    "the preset's loss fills in",
+  );
+  assert.deepEqual(config.widths, PRESETS.small.widths);
+  assert.deepEqual(config.overrides, { lr: "1" });
+  // A file that runs by epochs is not cut short by the preset's step count.
+  assert.equal(resolveConfig({}, 1, { epochs: 2 }).steps, undefined);
+  assert.equal(resolveConfig({ steps: "3" }, 1, { epochs: 2 }).steps, 3);
+});
+
+const BAD_CONFIG_FILES: [string, string, RegExp][] = [
+  ["an unknown key", '{"learningRate": 1}', /unknown key "learningRate": .*remove it or fix/],
+  [
+    "a wrong type",
+    '{"steps": "100"}',
+    /"steps" must be a non-negative integer, got "100".*--steps/,
+  ],
+  ["an out-of-range value", '{"emaBase": 1.5}', /"emaBase" must be a number in \[0, 1\), got 1.5/],
+  ["a bad nested loss key", '{"loss": {"kind": "triplet", "windw": [2, 10]}}', /"loss.windw"/],
+  ["a bad window", '{"loss": {"kind": "triplet", "window": [10, 2]}}', /"loss.window" must be/],
+  ["an unknown preset", '{"preset": "huge"}', /"preset" must be one of small/],
+  ["a batch of one", '{"batch": 1}', /"batch" must be an integer >= 2/],
+  ["not an object", "[1, 2]", /expected a JSON object/],
+  ["corrupt JSON", '{"steps": 4', /is not valid JSON/],
+];
+
+for (const [what, json, message] of BAD_CONFIG_FILES) {
+  Deno.test(`train config: a --config file with ${what} is refused by key`, async () => {
+    const path = await configFile(json);
+    await assert.rejects(readConfigFile(path), (e: Error) => {
+      assert.ok(e instanceof UserError && e.exitCode === 2, String(e));
+      assert.match(e.message, message);
+      assert.ok(e.message.includes(path), "names the file");
+      return true;
+    });
+  });
+}
+
+Deno.test("train config: a missing --config file or a directory is refused", async () => {
+  await assert.rejects(readConfigFile("/nonexistent/run.json"), /no such file/);
+  await assert.rejects(readConfigFile(await Deno.makeTempDir()), /is a directory/);
+});
+
+Deno.test("train config: the departures follow the flags, not the preset's text", () => {
+  // Without flags: exactly the preset's departures.
+  assert.deepEqual(resolveConfig({}).deviations, PRESETS.small.deviations);
+  const config = resolveConfig({ steps: "40", "ema-base": "0.99", lr: "1", loss: "infonce" });
+  const text = config.deviations.join("\n");
+  assert.doesNotMatch(text, /^750 steps/m, "the preset's length is not claimed");
+  assert.doesNotMatch(text, /EMA base momentum 0.9 instead/, "nor its EMA base");
+  assert.doesNotMatch(text, /^batch 64 on one device; lr 3.0/m, "nor its learning rate");
+  assert.match(text, /^40 steps \(preset small: 750 steps; released recipe: 200 epochs\)$/m);
+  assert.match(text, /^emaBase 0.99 \(preset small: emaBase 0.9; released recipe: emaBase 0.99\)/m);
+  assert.match(text, /^lr 1 \(preset small: lr 3;/m);
+  // The unchanged values the dropped departure described are still listed.
+  assert.match(text, /^batch 64 x accum 1 x 1 process = 64 images per step \(as preset small;/m);
+  assert.match(text, /^loss infonce \(window \[11,19\], margin 100, gamma 2, temperature 0.1\)/m);
+  // The departures that the flags do not touch stay word for word.
+  assert.ok(config.deviations.includes(PRESETS.small.deviations[0]));
+  // A smaller batch scales the learning rate, and says so; the window shrink is named.
+  const small = resolveConfig({ batch: "16" }).deviations.join("\n");
+  assert.match(small, /^lr 0.75 \(preset small: lr 3; scaled with the images per step;/m);
+  assert.match(small, /^window \[11,19\] shrunk to \[11,15\]: a batch of 16 has only 15/m);
 });

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { encode as encodePng } from "fast-png";
 import { TINY_TRAIN_FLAGS } from "./util.ts";
+import { METRICS_CSV_COLUMNS } from "../models/training_log.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = TINY_TRAIN_FLAGS;
@@ -55,7 +56,7 @@ const TEST = { sanitizeOps: false, sanitizeResources: false };
 
 Deno.test({
   name:
-    "train task: run directory files and fields; an interrupted and resumed run equals an uninterrupted one",
+    "train task: run directory files and fields; --config of its config.json repeats it; an interrupted and resumed run equals an uninterrupted one",
   ...TEST,
   fn: async () => {
     const base = await Deno.makeTempDir();
@@ -68,6 +69,7 @@ Deno.test({
       const file of [
         "config.json",
         "metrics.jsonl",
+        "metrics.csv",
         "checkpoint.safetensors",
         "summary.json",
         "curves.svg",
@@ -105,12 +107,45 @@ Deno.test({
     assert.equal(wholeMetrics.filter((m) => "loss" in m).length, 4, "one loss line per step");
     assert.equal(wholeMetrics.filter((m) => "knnTop1" in m).length, 2, "evaluations at 2 and 4");
 
+    // The printed departures follow the flags: the tiny run's length, not the preset's.
+    assert.match(
+      a.stdout,
+      /^ {2}- 4 steps \(preset small: 750 steps; released recipe: 200 epochs\)$/m,
+    );
+    assert.doesNotMatch(a.stdout, /750 steps \(~0.8 epochs\)/);
+
+    // The run's config.json repeats it exactly: same config, bitwise the same losses.
+    const repeat = `${base}/repeat`;
+    const r = await train(["--config", `${whole}/config.json`, "--out", repeat, "--no-pictures"]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(`${repeat}/config.json`)), config);
+    assert.deepEqual(deterministic(await metrics(repeat)), deterministic(wholeMetrics));
+
     const b = await train([...common, "--out", parts, "--stop-after", "2"]);
     assert.equal(b.code, 130, b.stderr + b.stdout);
     assert.match(b.stdout, /continue with: deno task train --resume/);
     const c = await train(["--resume", parts]);
     assert.equal(c.code, 0, c.stderr + c.stdout);
     assert.deepEqual(deterministic(await metrics(parts)), deterministic(wholeMetrics));
+    // metrics.csv: the header and one row per metrics.jsonl line, after a resume as well.
+    for (const dir of [whole, parts]) {
+      const [header, ...rows] = (await Deno.readTextFile(`${dir}/metrics.csv`)).trimEnd()
+        .split("\n");
+      assert.equal(header, METRICS_CSV_COLUMNS.join(","));
+      const lines = await metrics(dir);
+      assert.deepEqual(
+        rows.map((row) => row.split(",").slice(0, 3)),
+        lines.map((m) => [m.step, m.epoch ?? "", m.loss ?? ""].map(String)),
+      );
+    }
+    // Extending the finished run: the printed departures and its config.json say the new length.
+    const longer = await train(["--resume", parts, "--steps", "5", "--no-pictures"]);
+    assert.equal(longer.code, 0, longer.stderr + longer.stdout);
+    assert.match(longer.stdout, /^ {2}- 5 steps \(preset small: 750 steps;/m);
+    const extended = JSON.parse(await Deno.readTextFile(`${parts}/config.json`));
+    assert.equal(extended.steps, 5);
+    assert.ok(extended.deviations.some((d: string) => d.startsWith("5 steps (")));
+    assert.equal((await metrics(parts)).filter((m) => "loss" in m).length, 5);
     await Deno.remove(base, { recursive: true });
   },
 });
@@ -199,6 +234,21 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ["a zero --stop-after", ["--stop-after", "0"], /--stop-after must be a positive integer/],
   ["an unknown kernel plan", ["--kernel-plan", "tpu"], /--kernel-plan must be one of auto, gpu/],
   ["an unknown flag", ["--learning-rate", "1"], /Unknown option '--learning-rate'.*see --help/],
+  [
+    "a missing --config file",
+    ["--config", "/nonexistent/config.json"],
+    /--config \/nonexistent\/config.json: no such file/,
+  ],
+  [
+    "a --config file that is not JSON",
+    ["--config", `${ROOT}README.md`],
+    /--config .*README.md is not valid JSON/,
+  ],
+  [
+    "--config with --resume",
+    ["--resume", "/tmp", "--config", "x.json"],
+    /--config would not apply/,
+  ],
 ];
 
 for (const [what, args, message] of BAD_INPUTS) {
