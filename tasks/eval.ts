@@ -63,10 +63,22 @@ async function main(): Promise<number> {
   });
   const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
   const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
-  const dir = flags.data ?? (flags.dataset ? undefined : run.data);
-  const source = { dir, imageSize: run.imageSize };
+  // A run trained on unlabelled images with --eval-data is evaluated on that labelled folder.
+  const runEvalData = run.evalData !== undefined && dataset === "folder";
+  const dir = flags.data ?? (flags.dataset ? undefined : runEvalData ? run.evalData : run.data);
+  const labels = flags.data || runEvalData ? undefined : run.labels;
+  const source = { dir, imageSize: run.imageSize, labels };
   const train = await loadDataset(dataset, { ...source, split: "train" });
   const test = await loadDataset(dataset, { ...source, split: "test" });
+  if (train.labelled === false) {
+    train.close?.();
+    test.close?.();
+    throw new UserError(
+      `${dir} is unlabelled: kNN and probe accuracy need labels; pass --data DIR, a folder ` +
+        "with one sub-folder per class (the training run's own pictures show its unlabelled " +
+        "neighbours)",
+    );
+  }
   const progress = new Progress();
   const options = evaluationOptions(run, true, {
     knnK: positiveInt("knn-k", flags["knn-k"]),
