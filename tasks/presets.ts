@@ -180,8 +180,9 @@ export const PRESETS: Record<string, TrainConfig> = {
       "scaling gives 4.8*128/4096 = 0.15, too slow for a run of a few thousand steps, as the " +
       "small preset found; not tuned on photos yet)",
       "100 epochs: ~2,300 steps for 3,000 photos, sized for about an hour on a GPU when the " +
-      "photos are stored at about 256 px (decoding full-size camera JPEGs in JavaScript takes " +
-      "~0.5 s each: shrink them first, see the README)",
+      "photos are stored at about 256 px (jpeg-js decodes a 1536x1536 JPEG in 0.3-0.8 s, a " +
+      "full-size camera photo in seconds: shrink them first, see the README); an estimate, " +
+      "not yet timed on a GPU",
       "projector/predictor 512 -> 2048 -> 256 (METHOD.md: 2048 -> 4096 -> 256), scaled with the " +
       "backbone's 512 features",
       "crop scale from 0.2 instead of 0.08 (a 0.08 crop of a 96 px view is ~27 px); blur sigma " +
