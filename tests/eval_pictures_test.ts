@@ -104,3 +104,68 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "eval pictures: a run on unlabelled images is evaluated on its --eval-data folder; " +
+    "unlabelled data alone is refused with exit 2",
+  ...gpuTest,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await writeFolder(`${dir}/labelled`, "train", 6);
+    await writeFolder(`${dir}/labelled`, "val", 2);
+    // Unlabelled: the same images, flat.
+    await Deno.mkdir(`${dir}/photos`);
+    for (const [i, entry] of [...Deno.readDirSync(`${dir}/labelled/train/class0`)].entries()) {
+      await Deno.copyFile(`${dir}/labelled/train/class0/${entry.name}`, `${dir}/photos/${i}.png`);
+    }
+    const gpu = await testGpu();
+    const model = new SslModel(
+      gpu,
+      {
+        backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: [4, 4, 8, 8] },
+        projectorHidden: 8,
+        projectorOut: 4,
+        predictorHidden: 8,
+        loss: { kind: "triplet", window: [1, 2] },
+      },
+      4,
+      0,
+      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
+    );
+    const run = {
+      ...PRESETS.small,
+      dataset: "folder" as const,
+      data: `${dir}/photos`,
+      imageSize: 8,
+    };
+    const evalTask = async (name: string, trainConfig: typeof run) => {
+      const checkpoint = `${dir}/${name}.safetensors`;
+      await saveCheckpoint(checkpoint, model, { step: 0, trainConfig });
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "tasks/eval.ts", "--checkpoint", checkpoint, "--knn-k", "3"].concat(
+          ["--probe-epochs", "0", "--map-points", "6"],
+        ),
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: out.code, stderr: new TextDecoder().decode(out.stderr), checkpoint };
+    };
+    const refused = await evalTask("unlabelled", run);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /photos is unlabelled: kNN and probe accuracy need labels; pass --data/,
+    );
+    const withEvalData = await evalTask("eval-data", { ...run, evalData: `${dir}/labelled` });
+    assert.equal(withEvalData.code, 0, withEvalData.stderr);
+    const report = JSON.parse(await Deno.readTextFile(`${dir}/eval-data.eval.json`));
+    assert.equal(report.confusion.length, 3, "the labelled folder's 3 classes");
+    assert.deepEqual(report.confusion.map((row: number[]) => row.reduce((a, b) => a + b, 0)), [
+      2,
+      2,
+      2,
+    ]);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
