@@ -4,7 +4,7 @@
  * report and the summary at the end. No arithmetic of the method lives here.
  */
 import type { Gpu } from "../runtime/gpu.ts";
-import type { Dataset } from "../data/dataset.ts";
+import { type Dataset, describeSkipped } from "../data/dataset.ts";
 import type { SslModel } from "../models/ssl.ts";
 import type { Schedule } from "../models/schedule.ts";
 import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
@@ -16,8 +16,6 @@ import type { MemoryEstimate } from "../models/memory.ts";
 import { formatDuration, Progress, UserError } from "./cli.ts";
 import type { TrainConfig } from "./presets.ts";
 import { type EvaluationData, evaluationOptions } from "./train_config.ts";
-import { describeSkipped } from "../data/dataset.ts";
-import type { Gpu as GpuDevice } from "../runtime/gpu.ts";
 import { renderCurves } from "./plot.ts";
 
 /** The files of a run directory. */
@@ -346,7 +344,7 @@ const LARGE_STEP_BYTES = 2 ** 30;
  */
 export function fallbackWarning(
   config: TrainConfig,
-  gpu: Pick<GpuDevice, "isFallback" | "adapterName">,
+  gpu: Pick<Gpu, "isFallback" | "adapterName">,
   memory: MemoryEstimate,
 ): string | undefined {
   if (!gpu.isFallback) return undefined;
