@@ -44,6 +44,8 @@ export interface Dataset {
    * mean nothing there). Absent: labelled.
    */
   labelled?: boolean;
+  /** Image folders: the file of each sample, in sample order. */
+  files?: readonly string[];
   /** Files of the dataset's folder that were skipped (formats not supported), if any. */
   skippedFiles?: string[];
   /** Pixels (uint8, HWC interleaved) and labels of the given sample indices, in that order. */

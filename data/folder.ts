@@ -281,6 +281,7 @@ class ImageFolderDataset implements Dataset {
   readonly std = [...IMAGENET_STD];
   readonly classes: number;
   readonly labelled: boolean;
+  readonly files: readonly string[];
   private readonly pool: DecodePool | undefined;
   /** Shorter side of the evaluation resize. */
   readonly resize: number;
@@ -296,6 +297,7 @@ class ImageFolderDataset implements Dataset {
   ) {
     this.classes = classNames?.length ?? 1;
     this.labelled = classNames !== undefined;
+    this.files = entries.map((e) => e.path);
     this.name = `folder:${dir.replace(/\/+$/, "").split("/").pop()}`;
     this.length = entries.length;
     this.height = this.width = imageSize;

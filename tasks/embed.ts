@@ -19,7 +19,8 @@ const HELP = `usage: deno task embed --checkpoint FILE --out FILE.npy [flags]
   --data DIR          dataset directory
   --split S           train|test (default test)
   --batch N           images per forward pass (default ${EVAL_FORWARD_BATCH})
-  --out FILE.npy      output: float32 [images, features]; labels go to FILE.labels.npy`;
+  --out FILE.npy      output: float32 [images, features]; labels go to FILE.labels.npy (not for
+                      unlabelled images), an image folder's file names (row order) to FILE.files.txt`;
 
 /** A .npy (version 1.0) file of a 2-D little-endian array. */
 export function encodeNpy(
@@ -74,10 +75,11 @@ async function main(): Promise<number> {
   const run = (state.trainConfig ?? PRESETS.small) as TrainConfig;
   const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
   const dir = flags.data ?? (flags.dataset ? undefined : run.data);
-  const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize });
+  const labels = flags.data || flags.dataset ? undefined : run.labels;
+  const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize, labels });
   const progress = new Progress();
   const indices = Uint32Array.from({ length: source.length }, (_, i) => i);
-  const { features, dim, labels } = await extractFeatures(
+  const extracted = await extractFeatures(
     gpu,
     backbone,
     source,
@@ -86,10 +88,25 @@ async function main(): Promise<number> {
     (done, total) => progress.update(`embedding ${progress.bar(done / total)} ${done}/${total}`),
   );
   source.close?.();
+  const { features, dim } = extracted;
   await writeFileAtomic(flags.out, encodeNpy(features, source.length, dim));
-  const labelsPath = flags.out.replace(/\.npy$/, "") + ".labels.npy";
-  await writeFileAtomic(labelsPath, encodeNpy(labels, source.length));
-  progress.log(`wrote ${flags.out} (${source.length} x ${dim} float32) and ${labelsPath}`);
+  const base = flags.out.replace(/\.npy$/, "");
+  const written = [`${flags.out} (${source.length} x ${dim} float32)`];
+  if (source.labelled !== false) {
+    await writeFileAtomic(`${base}.labels.npy`, encodeNpy(extracted.labels, source.length));
+    written.push(`${base}.labels.npy`);
+  }
+  if (source.files) {
+    await writeFileAtomic(
+      `${base}.files.txt`,
+      new TextEncoder().encode(source.files.join("\n") + "\n"),
+    );
+    written.push(`${base}.files.txt (the image of each row)`);
+  }
+  progress.log(
+    `wrote ${written.join(", ")}` +
+      (source.labelled === false ? "; no labels file: the images are unlabelled" : ""),
+  );
   return 0;
 }
 

@@ -9,7 +9,7 @@ import { acquireGpu } from "../runtime/gpu.ts";
 import { loadBackbone } from "../models/load.ts";
 import { evaluateBackbone } from "../models/evaluate.ts";
 import { writeInsightPictures } from "./pictures.ts";
-import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
+import { DATASET_NAMES, DatasetError, loadDataset } from "../data/dataset.ts";
 import { nonNegativeInt, oneOf, positiveInt, Progress, runMain, UserError } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
 import { EVAL_FORWARD_BATCH, evaluationOptions } from "./train_config.ts";
@@ -68,8 +68,12 @@ async function main(): Promise<number> {
   const dir = flags.data ?? (flags.dataset ? undefined : runEvalData ? run.evalData : run.data);
   const labels = flags.data || runEvalData ? undefined : run.labels;
   const source = { dir, imageSize: run.imageSize, labels };
-  const train = await loadDataset(dataset, { ...source, split: "train" });
-  const test = await loadDataset(dataset, { ...source, split: "test" });
+  const load = (split: "train" | "test") =>
+    loadDataset(dataset, { ...source, split }).catch((e) => {
+      throw e instanceof DatasetError ? new UserError(e.message) : e;
+    });
+  const train = await load("train");
+  const test = await load("test");
   if (train.labelled === false) {
     train.close?.();
     test.close?.();

@@ -113,11 +113,18 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     await writeFolder(`${dir}/labelled`, "train", 6);
     await writeFolder(`${dir}/labelled`, "val", 2);
-    // Unlabelled: the same images, flat.
+    // Unlabelled: the 18 training images, flat, as 0.png ... 17.png ...
     await Deno.mkdir(`${dir}/photos`);
-    for (const [i, entry] of [...Deno.readDirSync(`${dir}/labelled/train/class0`)].entries()) {
-      await Deno.copyFile(`${dir}/labelled/train/class0/${entry.name}`, `${dir}/photos/${i}.png`);
+    const classFiles = [0, 1, 2].flatMap((c) =>
+      [...Deno.readDirSync(`${dir}/labelled/train/class${c}`)].map((e) =>
+        `${dir}/labelled/train/class${c}/${e.name}`
+      )
+    );
+    for (const [i, file] of classFiles.entries()) {
+      await Deno.copyFile(file, `${dir}/photos/${i}.png`);
     }
+    // ... and 18.png, which the hash holds out: the test split is not empty.
+    await Deno.copyFile(classFiles[0], `${dir}/photos/18.png`);
     const gpu = await testGpu();
     const model = new SslModel(
       gpu,
@@ -166,6 +173,28 @@ Deno.test({
       2,
       2,
     ]);
+    // embed on the unlabelled images: features, the file of each row, no labels file.
+    const embedded = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "tasks/embed.ts", "--checkpoint", refused.checkpoint, "--out"].concat(
+        [`${dir}/features.npy`, "--split", "train"],
+      ),
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(embedded.code, 0, new TextDecoder().decode(embedded.stderr));
+    assert.match(
+      new TextDecoder().decode(embedded.stdout),
+      /no labels file: the images are unlabelled/,
+    );
+    const files = (await Deno.readTextFile(`${dir}/features.files.txt`)).trim().split("\n");
+    assert.ok(files.length >= 1 && files.every((f) => f.startsWith(`${dir}/photos/`)), `${files}`);
+    const header = new Uint8Array(await Deno.readFile(`${dir}/features.npy`)).subarray(0, 128);
+    assert.match(new TextDecoder().decode(header), new RegExp(`'shape': \\(${files.length}, 8\\)`));
+    assert.equal(
+      await Deno.stat(`${dir}/features.labels.npy`).then(() => true, () => false),
+      false,
+    );
     await Deno.remove(dir, { recursive: true });
   },
 });
