@@ -64,11 +64,12 @@ export async function writeInsightPictures(
     ...(labelled
       ? { perClassKnnTop1: insight.perClassKnnTop1, confusion: insight.confusion }
       : { unlabelled: true }),
+    // Indices into the test (queries) and train (neighbours) splits; labels only where they exist.
     retrieval: insight.queries.map((query, i) => ({
       query,
-      label: insight.queryLabels[i],
+      ...(labelled ? { label: insight.queryLabels[i] } : {}),
       neighbours: insight.neighbours[i],
-      neighbourLabels: insight.neighbourLabels[i],
+      ...(labelled ? { neighbourLabels: insight.neighbourLabels[i] } : {}),
     })),
     pictures,
   };

@@ -352,6 +352,8 @@ Deno.test({
     assert.equal(summary.unlabelled, true);
     assert.equal(summary.confusion, undefined);
     assert.deepEqual(Object.keys(summary.pictures).sort(), ["map", "retrieval"]);
+    assert.ok(summary.retrieval.length >= 1, "retrieval rows");
+    assert.deepEqual(Object.keys(summary.retrieval[0]), ["query", "neighbours"], "no labels");
     for (const path of Object.values(summary.pictures) as string[]) {
       assert.ok((await Deno.stat(path)).size > 0, path);
     }
