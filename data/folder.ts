@@ -1,20 +1,30 @@
 /**
- * ImageFolder: one sub-folder per class (classes sorted by name) of JPEG/PNG files (`.jpg`,
- * `.jpeg`, `.png`, any case; other files are ignored). Images are decoded per batch in Web Workers
- * (`decode_worker.ts`) so training does not wait; nothing is stored resized.
+ * ImageFolder: JPEG/PNG files (`.jpg`, `.jpeg`, `.png`, any case) anywhere below a folder,
+ * labelled by their first-level sub-folder or unlabelled. Images are decoded per batch in Web
+ * Workers (`decode_worker.ts`) so training does not wait; nothing is stored resized.
  * - `batch()` gives the evaluation transform, torchvision's Resize(R) + CenterCrop(imageSize) with
  *   R = round(imageSize * 256 / 224) (256 for 224 px; antialiased bilinear), for both splits.
  * - `randomResizedCrops()` gives the two training views' crops, each box sampled against the
  *   image's own full decoded size (scale of the whole image's area, torchvision's 10 tries and
  *   fallback) and resampled to imageSize on the CPU; the GPU applies the rest of the views.
  *
+ * Labels ({@link LabelMode}):
+ * - `folders`: every image sits below a first-level sub-folder, its class (classes sorted by
+ *   name, at least two); images deeper in a class folder belong to that class.
+ * - `none`: every image of the tree, one class (`labelled` is false): self-supervised training
+ *   without evaluation labels.
+ * - `auto` (the default): `folders` when no image lies directly in the folder and at least two
+ *   sub-folders hold images; `none` when all images lie directly in it or in one sub-folder. A
+ *   folder with images both directly in it and in sub-folders is refused as ambiguous.
+ * Other files are skipped and named (`skippedFiles`); hidden files and folders are ignored.
+ *
  * Split:
  * - If `dir/train` exists with `dir/val` (or `dir/test`), those are the train and test splits
- *   (the ImageNet layout); the classes are the train sub-folders, and a test class must be one of
- *   them.
- * - Otherwise every file of `dir/<class>/` belongs to one split by a seeded hash of its relative
- *   path: a fixed 10% ({@link HOLDOUT_FRACTION}) is held out as "test". The hash depends only on
- *   the path, so adding files never moves existing ones between the splits.
+ *   (the ImageNet layout); the label rule applies to the train folder, and a labelled test class
+ *   must be one of the train classes.
+ * - Otherwise every image belongs to one split by a seeded hash of its path relative to `dir`:
+ *   a fixed 10% ({@link HOLDOUT_FRACTION}) is held out as "test". The hash depends only on the
+ *   path, so adding files never moves existing ones between the splits.
  */
 import type { CropRequest, Dataset } from "./dataset.ts";
 import { checkIndices, DatasetError, isDirectory, joinPath } from "./common.ts";
@@ -30,6 +40,10 @@ const IMAGENET_MEAN = [0.485, 0.456, 0.406];
 const IMAGENET_STD = [0.229, 0.224, 0.225];
 const IMAGE_EXTENSIONS = /\.(jpe?g|png)$/i;
 
+/** How a folder's images get labels (see the module comment). */
+export const LABEL_MODES = ["auto", "folders", "none"] as const;
+export type LabelMode = typeof LABEL_MODES[number];
+
 /** Options of {@link loadImageFolder}. */
 export interface FolderOptions {
   /** Decode workers (0 decodes on the calling thread). Default: CPU cores - 1, 1 to 4. */
@@ -41,14 +55,22 @@ export interface FolderOptions {
    * round(imageSize * 256 / 224)); must be >= imageSize.
    */
   resize?: number;
+  /** Labels from class sub-folders, none, or decided by the layout (default "auto"). */
+  labels?: LabelMode;
 }
 
 /** One image file and its class. */
 interface Entry {
   path: string;
-  /** `<class>/<file>`, what the hold-out hash sees. */
+  /** Path below the dataset (or split) folder, what the hold-out hash sees. */
   relative: string;
   label: number;
+}
+
+/** Image files and other files below a folder, as sorted paths relative to it. */
+interface FolderScan {
+  images: string[];
+  others: string[];
 }
 
 /** Load a split of an image-folder dataset (see the module comment for the layout). */
@@ -68,46 +90,127 @@ export function loadImageFolder(
         `(${imageSize})`,
     );
   }
+  const mode = options.labels ?? "auto";
+  if (!(LABEL_MODES as readonly string[]).includes(mode)) {
+    throw new Error(`folder dataset: labels must be one of ${LABEL_MODES.join(", ")}, not ${mode}`);
+  }
   if (!isDirectory(dir)) {
     throw new DatasetError(
       dir,
-      "image folder not found: pass --data DIR with one sub-folder per class",
+      "image folder not found: pass --data DIR, a folder of images (any layout) or of one " +
+        "sub-folder per class",
     );
   }
   const trainDir = joinPath(dir, "train");
   const testDir = ["val", "test"].map((s) => joinPath(dir, s)).find(isDirectory);
-  let classes: string[];
+  const splitFolders = isDirectory(trainDir) && testDir !== undefined;
+  const rootDir = splitFolders ? trainDir : dir;
+  const rootScan = scanFolder(rootDir);
+  const classes = classesOf(rootDir, rootScan, mode, split);
   let entries: Entry[];
-  if (isDirectory(trainDir) && testDir) {
-    classes = classFolders(trainDir);
-    entries = listImages(split === "train" ? trainDir : testDir, classes, split === "test");
+  let skipped: string[];
+  if (splitFolders) {
+    const splitDir = split === "train" ? trainDir : testDir;
+    const scan = split === "train" ? rootScan : scanFolder(splitDir);
+    if (split === "test" && classes) checkTestClasses(splitDir, scan, classes);
+    entries = entriesOf(splitDir, scan.images, classes);
+    skipped = scan.others.map((f) => joinPath(splitDir, f));
   } else {
-    classes = classFolders(dir);
-    entries = listImages(dir, classes, false).filter((e) =>
+    entries = entriesOf(dir, rootScan.images, classes).filter((e) =>
       isHeldOut(e.relative) === (split === "test")
     );
+    skipped = rootScan.others.map((f) => joinPath(dir, f));
   }
   if (entries.length === 0) {
-    throw new DatasetError(dir, `no JPEG/PNG images in the ${split} split`);
+    throw new DatasetError(
+      dir,
+      `no JPEG/PNG images in the ${split} split` +
+        (splitFolders
+          ? `: put images in ${split === "train" ? trainDir : testDir}`
+          : ` (${rootScan.images.length} images in all; ${HOLDOUT_FRACTION * 100}% of them, ` +
+            "chosen by a hash of the path, are held out as the test split): add images"),
+    );
   }
-  return Promise.resolve(new ImageFolderDataset(dir, entries, classes.length, imageSize, options));
+  return Promise.resolve(
+    new ImageFolderDataset(dir, entries, classes, imageSize, options, skipped),
+  );
 }
 
-/** Sorted names of the class sub-folders of a directory. */
-function classFolders(dir: string): string[] {
-  const names: string[] = [];
-  for (const entry of Deno.readDirSync(dir)) {
-    if (entry.isDirectory && !entry.name.startsWith(".")) names.push(entry.name);
-  }
-  if (names.length === 0) {
-    throw new DatasetError(dir, "no class sub-folders: expected DIR/<class>/<image>.jpg|png");
-  }
-  return names.sort();
+/** Every non-hidden file below `dir`, recursively (symbolic links to files count, not to folders). */
+function scanFolder(dir: string): FolderScan {
+  const images: string[] = [];
+  const others: string[] = [];
+  const walk = (relative: string) => {
+    const here = relative ? joinPath(dir, relative) : dir;
+    for (const entry of Deno.readDirSync(here)) {
+      if (entry.name.startsWith(".")) continue;
+      const path = relative ? `${relative}/${entry.name}` : entry.name;
+      let isFile = entry.isFile;
+      if (entry.isSymlink) {
+        try {
+          isFile = Deno.statSync(joinPath(dir, path)).isFile;
+        } catch {
+          isFile = false; // a broken link
+        }
+      }
+      if (entry.isDirectory) walk(path);
+      else if (isFile) (IMAGE_EXTENSIONS.test(entry.name) ? images : others).push(path);
+    }
+  };
+  walk("");
+  return { images: images.sort(), others: others.sort() };
 }
 
-/** Image files under `dir/<class>/`, classes in the given order, files sorted by name. */
-function listImages(dir: string, classes: string[], classesMayBeMissing: boolean): Entry[] {
-  const entries: Entry[] = [];
+/** The class names of a folder (sorted), or undefined when it is unlabelled. */
+function classesOf(
+  dir: string,
+  scan: FolderScan,
+  mode: LabelMode,
+  split: "train" | "test",
+): string[] | undefined {
+  if (scan.images.length === 0) {
+    const unsupported = scan.others.length === 0
+      ? ""
+      : ` (skipped ${describeSkipped(scan.others)})`;
+    throw new DatasetError(
+      dir,
+      `no JPEG/PNG images in the ${split} split: the folder has no image files and no class ` +
+        `sub-folders with images${unsupported}; put JPEG/PNG files in it (any layout, ` +
+        "unlabelled) or in one sub-folder per class",
+    );
+  }
+  if (mode === "none") return undefined;
+  const top = scan.images.filter((f) => !f.includes("/"));
+  const folders = [...new Set(scan.images.filter((f) => f.includes("/")).map(firstSegment))];
+  if (top.length > 0 && folders.length > 0) {
+    throw new DatasetError(
+      dir,
+      `mixed layout: ${top.length} images lie directly in the folder (${
+        top.slice(0, 3).join(", ")
+      }${top.length > 3 ? ", ..." : ""}) and ${scan.images.length - top.length} in sub-folders ` +
+        `(${folders.slice(0, 3).join("/, ")}/${folders.length > 3 ? ", ..." : ""}): pass ` +
+        "--labels none to train on all of them unlabelled, or move the top-level images into " +
+        "class sub-folders",
+    );
+  }
+  if (mode === "auto") return folders.length >= 2 ? folders.sort() : undefined;
+  if (folders.length < 2) {
+    throw new DatasetError(
+      dir,
+      `--labels folders needs at least two class sub-folders with images, found ${folders.length}` +
+        `${folders.length ? ` (${folders[0]}/)` : ""}: add class folders, or pass --labels none ` +
+        "to train unlabelled",
+    );
+  }
+  return folders.sort();
+}
+
+function firstSegment(path: string): string {
+  return path.slice(0, path.indexOf("/"));
+}
+
+/** A labelled test folder's classes must all be train classes. */
+function checkTestClasses(dir: string, scan: FolderScan, classes: string[]): void {
   const known = new Set(classes);
   for (const entry of Deno.readDirSync(dir)) {
     if (entry.isDirectory && !entry.name.startsWith(".") && !known.has(entry.name)) {
@@ -117,22 +220,45 @@ function listImages(dir: string, classes: string[], classesMayBeMissing: boolean
       );
     }
   }
-  classes.forEach((name, label) => {
-    const classDir = joinPath(dir, name);
-    if (!isDirectory(classDir)) {
-      if (classesMayBeMissing) return;
-      throw new DatasetError(classDir, "class folder disappeared while listing");
-    }
-    const files: string[] = [];
-    for (const f of Deno.readDirSync(classDir)) {
-      if (f.isFile && IMAGE_EXTENSIONS.test(f.name)) files.push(f.name);
-    }
-    files.sort();
-    for (const f of files) {
-      entries.push({ path: joinPath(classDir, f), relative: `${name}/${f}`, label });
-    }
-  });
-  return entries;
+  const top = scan.images.filter((f) => !f.includes("/"));
+  if (top.length > 0) {
+    throw new DatasetError(
+      dir,
+      `${top.length} images (${top.slice(0, 3).join(", ")}) lie outside the class folders of a ` +
+        "labelled test split: move them into their class folders",
+    );
+  }
+}
+
+/** The entries of a folder's images, labelled by their first-level folder when `classes`. */
+function entriesOf(dir: string, images: string[], classes: string[] | undefined): Entry[] {
+  const entries = images.map((relative) => ({
+    path: joinPath(dir, relative),
+    relative,
+    label: classes ? classes.indexOf(firstSegment(relative)) : 0,
+  }));
+  // Labelled: class by class (classes sorted), files sorted within a class.
+  return classes ? entries.sort((a, b) => a.label - b.label) : entries;
+}
+
+/**
+ * "3 files that are not JPEG/PNG (.heic x2, .txt x1): a.heic, b.heic, notes.txt", the first
+ * `shown` named.
+ */
+export function describeSkipped(files: string[], shown = 5): string {
+  const byExtension = new Map<string, number>();
+  for (const f of files) {
+    const name = f.slice(f.lastIndexOf("/") + 1);
+    const dot = name.lastIndexOf(".");
+    const extension = dot > 0 ? name.slice(dot).toLowerCase() : "(no extension)";
+    byExtension.set(extension, (byExtension.get(extension) ?? 0) + 1);
+  }
+  const counts = [...byExtension].sort((a, b) => b[1] - a[1]).map(([e, n]) => `${e} x${n}`);
+  return `${files.length} file${files.length === 1 ? "" : "s"} that ${
+    files.length === 1 ? "is" : "are"
+  } not JPEG/PNG (${counts.join(", ")}): ${files.slice(0, shown).join(", ")}` +
+    `${files.length > shown ? ", ..." : ""}; convert images to JPEG or PNG to use them ` +
+    "(e.g. ImageMagick: magick mogrify -format jpg *.heic)";
 }
 
 /** Whether a relative path falls in the held-out 10% (FNV-1a of the path, mixed by Philox). */
@@ -153,6 +279,9 @@ class ImageFolderDataset implements Dataset {
   readonly width: number;
   readonly mean = [...IMAGENET_MEAN];
   readonly std = [...IMAGENET_STD];
+  readonly classes: number;
+  readonly labelled: boolean;
+  readonly files: readonly string[];
   private readonly pool: DecodePool | undefined;
   /** Shorter side of the evaluation resize. */
   readonly resize: number;
@@ -160,10 +289,15 @@ class ImageFolderDataset implements Dataset {
   constructor(
     dir: string,
     private readonly entries: Entry[],
-    readonly classes: number,
+    classNames: string[] | undefined,
     private readonly imageSize: number,
     options: FolderOptions,
+    /** Files below the folder that were not loaded (not JPEG/PNG). */
+    readonly skippedFiles: string[],
   ) {
+    this.classes = classNames?.length ?? 1;
+    this.labelled = classNames !== undefined;
+    this.files = entries.map((e) => e.path);
     this.name = `folder:${dir.replace(/\/+$/, "").split("/").pop()}`;
     this.length = entries.length;
     this.height = this.width = imageSize;

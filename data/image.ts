@@ -1,5 +1,6 @@
 /**
- * Decoding JPEG/PNG files to RGB (npm `jpeg-js`, `fast-png`) and resampling them on the CPU the
+ * Decoding JPEG/PNG files to RGB (npm `jpeg-js`, `fast-png`; a JPEG's Exif orientation is
+ * applied, as PIL's `ImageOps.exif_transpose` and every photo viewer do) and resampling them on the CPU the
  * way torchvision does on PIL images: the evaluation resize + centre crop and the random resized
  * crop of training. Used by the decode workers of the folder dataset (and directly when workers
  * are off).
@@ -30,18 +31,106 @@ export function isJpeg(bytes: Uint8Array): boolean {
 }
 
 /**
- * Decode a PNG or JPEG (recognised by content, not name) to 8-bit RGB. Grey images are expanded to
- * three channels, alpha is dropped, 16-bit PNG samples keep their high byte. Throws an Error whose
- * message says what is wrong (the caller adds the file name).
+ * Decode a PNG or JPEG (recognised by content, not name) to 8-bit RGB, a JPEG turned upright by
+ * its Exif orientation. Grey images are expanded to three channels, alpha is dropped, 16-bit PNG
+ * samples keep their high byte. Throws an Error whose message says what is wrong (the caller adds
+ * the file name).
  */
 export function decodeImage(bytes: Uint8Array): RgbImage {
   if (isPng(bytes)) return decodePngToRgb(bytes);
   if (isJpeg(bytes)) {
     const image = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false });
     if (image.width <= 0 || image.height <= 0) throw new Error("JPEG has no pixels");
-    return { width: image.width, height: image.height, data: image.data };
+    const stored = { width: image.width, height: image.height, data: image.data };
+    return applyOrientation(stored, jpegOrientation(bytes));
   }
   throw new Error("neither a PNG nor a JPEG (unknown file signature)");
+}
+
+/**
+ * The Exif orientation (1-8) of a JPEG: tag 0x0112 of IFD0 in its APP1 "Exif" segment; 1 (as
+ * stored) when there is none or it cannot be read (a damaged Exif block must not lose the image).
+ */
+export function jpegOrientation(bytes: Uint8Array): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 2; // after SOI
+  while (at + 4 <= bytes.length && bytes[at] === 0xff) {
+    const marker = bytes[at + 1];
+    // Start of scan or end of image: the metadata segments are over.
+    if (marker === 0xda || marker === 0xd9) return 1;
+    const length = view.getUint16(at + 2);
+    const body = at + 4;
+    if (length < 2 || body + length - 2 > bytes.length) return 1;
+    if (marker === 0xe1 && length >= 16 && readAscii(bytes, body, 6) === "Exif\0\0") {
+      return exifOrientation(view, body + 6, body + length - 2);
+    }
+    at = body + length - 2;
+  }
+  return 1;
+}
+
+function readAscii(bytes: Uint8Array, at: number, length: number): string {
+  return String.fromCharCode(...bytes.subarray(at, at + length));
+}
+
+/** Orientation from the TIFF structure at [tiff, end) of an Exif segment (1 if absent or bad). */
+function exifOrientation(view: DataView, tiff: number, end: number): number {
+  const order = view.getUint16(tiff);
+  if (order !== 0x4949 && order !== 0x4d4d) return 1; // "II" little-endian, "MM" big-endian
+  const little = order === 0x4949;
+  const u16 = (at: number) => at + 2 <= end ? view.getUint16(at, little) : -1;
+  const u32 = (at: number) => at + 4 <= end ? view.getUint32(at, little) : -1;
+  if (u16(tiff + 2) !== 42) return 1;
+  const ifd = u32(tiff + 4);
+  if (ifd < 8) return 1;
+  const count = u16(tiff + ifd);
+  for (let i = 0; i < count; i++) {
+    const entry = tiff + ifd + 2 + 12 * i;
+    if (entry + 12 > end) return 1;
+    if (u16(entry) === 0x0112) {
+      // A SHORT (type 3) held in the entry's value field.
+      const value = u16(entry + 2) === 3 ? u16(entry + 8) : 1;
+      return value >= 1 && value <= 8 ? value : 1;
+    }
+  }
+  return 1;
+}
+
+/**
+ * The upright image of one stored with Exif `orientation` (1: as stored; 2: mirrored; 3: turned
+ * 180 degrees; 4: flipped upside down; 5: transposed; 6: needs 90 degrees clockwise; 7:
+ * transverse; 8: needs 90 degrees counter-clockwise).
+ */
+export function applyOrientation(image: RgbImage, orientation: number): RgbImage {
+  if (orientation === 1) return image;
+  const { width: w, height: h, data } = image;
+  const swaps = orientation >= 5;
+  const width = swaps ? h : w;
+  const height = swaps ? w : h;
+  // Source column and row of output pixel (x, y).
+  const source: Record<number, (x: number, y: number) => [number, number]> = {
+    2: (x, y) => [w - 1 - x, y],
+    3: (x, y) => [w - 1 - x, h - 1 - y],
+    4: (x, y) => [x, h - 1 - y],
+    5: (x, y) => [y, x],
+    6: (x, y) => [y, h - 1 - x],
+    7: (x, y) => [w - 1 - y, h - 1 - x],
+    8: (x, y) => [w - 1 - y, x],
+  };
+  const from = source[orientation];
+  if (!from) throw new Error(`Exif orientation must be 1 to 8, not ${orientation}`);
+  const out = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const [sx, sy] = from(x, y);
+      const s = 3 * (sy * w + sx);
+      const o = 3 * (y * width + x);
+      out[o] = data[s];
+      out[o + 1] = data[s + 1];
+      out[o + 2] = data[s + 2];
+    }
+  }
+  return { width, height, data: out };
 }
 
 function decodePngToRgb(bytes: Uint8Array): RgbImage {

@@ -31,16 +31,24 @@ export async function readCheckpointInput(path: string): Promise<CheckpointInput
   return { checkpoint, run };
 }
 
-/** The dataset to read: --dataset / --data, else the run's; a given --data must be a directory. */
+/**
+ * The dataset to read: --dataset / --data, else the run's; a given --data must be a directory.
+ * For `eval`, a run trained on unlabelled images with --eval-data is evaluated on that labelled
+ * folder. The run's --labels rule applies only to the run's own folder.
+ */
 export async function datasetSource(
   flags: { dataset?: string; data?: string },
   run: TrainConfig,
-): Promise<{ dataset: DatasetName; dir: string | undefined }> {
+  purpose: "eval" | "embed" = "embed",
+): Promise<{ dataset: DatasetName; dir: string | undefined; labels: TrainConfig["labels"] }> {
   const dataset = oneOf("dataset", flags.dataset, DATASET_NAMES) ?? run.dataset;
-  const dir = flags.data ?? (flags.dataset ? undefined : run.data);
+  const runEvalData = purpose === "eval" && run.evalData !== undefined && dataset === "folder" &&
+    flags.dataset === undefined;
+  const dir = flags.data ?? (flags.dataset ? undefined : runEvalData ? run.evalData : run.data);
+  const labels = flags.data || flags.dataset || runEvalData ? undefined : run.labels;
   if (flags.data !== undefined) await existingDirectory("data", flags.data);
   if (dataset === "folder" && dir === undefined) {
-    throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
+    throw new UserError("--dataset folder needs --data DIR (a folder of images)");
   }
-  return { dataset, dir };
+  return { dataset, dir, labels };
 }

@@ -4,7 +4,7 @@
  * its "preset" (or --preset, or `small`). Every field is checked here, by name, with the ranges the
  * flags use; the flags given beside --config then override the file (tasks/train_config.ts).
  */
-import { DATASET_NAMES } from "../data/dataset.ts";
+import { DATASET_NAMES, LABEL_MODES } from "../data/dataset.ts";
 import { ARCH_NAMES } from "../models/resnet.ts";
 import { LOSS_KINDS } from "../models/loss.ts";
 import { LR_SHAPES } from "../models/schedule.ts";
@@ -51,6 +51,9 @@ const FIELD_CHECKS: { [K in keyof Required<TrainConfig>]: Check } = {
   smallImage: boolean,
   dataset: oneOf(DATASET_NAMES),
   data: text,
+  labels: oneOf(LABEL_MODES),
+  evaluation: oneOf(["auto", "none"]),
+  evalData: text,
   imageSize: positiveInt,
   augment: oneOf(["imagenet", "small"]),
   cropScaleMin: (v) => isNumber(v) && v > 0 && v <= 1 ? undefined : "a number in (0, 1]",
@@ -105,6 +108,9 @@ const FIELD_FLAGS: Partial<Record<string, string>> = {
   widths: "widths",
   dataset: "dataset",
   data: "data",
+  labels: "labels",
+  evaluation: "eval",
+  evalData: "eval-data",
   imageSize: "image-size",
   cropScaleMin: "crop-scale",
   blurSigma: "blur-sigma",

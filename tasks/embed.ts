@@ -28,7 +28,8 @@ export const EMBED_FLAGS: FlagRow[] = [
   {
     name: "out",
     value: "FILE.npy",
-    help: "output (required): float32 [images, features]; labels go to FILE.labels.npy",
+    help: "output (required): float32 [images, features]; labels go to FILE.labels.npy (not for " +
+      "unlabelled images), an image folder's file names (row order) to FILE.files.txt",
   },
   {
     name: "dataset",
@@ -79,16 +80,18 @@ async function main(): Promise<number> {
   if (!flags.out) throw new UserError("--out FILE.npy is required (see --help)");
   const split = oneOf("split", flags.split ?? "test", ["train", "test"] as const)!;
   const batchSize = positiveInt("batch", flags.batch) ?? EVAL_FORWARD_BATCH;
-  const labelsPath = flags.out.replace(/\.npy$/, "") + ".labels.npy";
   await writableFile("out", flags.out);
   const { checkpoint, run } = await readCheckpointInput(flags.checkpoint);
-  const { dataset, dir } = await datasetSource({ dataset: flags.dataset, data: flags.data }, run);
-  const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize });
+  const { dataset, dir, labels } = await datasetSource(
+    { dataset: flags.dataset, data: flags.data },
+    run,
+  );
+  const source = await loadDataset(dataset, { dir, split, imageSize: run.imageSize, labels });
   const gpu = await acquireGpu({ log: true });
   const { backbone } = backboneFromCheckpoint(gpu, checkpoint, flags.checkpoint);
   const progress = new Progress();
   const indices = Uint32Array.from({ length: source.length }, (_, i) => i);
-  const { features, dim, labels } = await extractFeatures(
+  const extracted = await extractFeatures(
     gpu,
     backbone,
     source,
@@ -97,9 +100,25 @@ async function main(): Promise<number> {
     (done, total) => progress.update(`embedding ${progress.bar(done / total)} ${done}/${total}`),
   );
   source.close?.();
+  const { features, dim } = extracted;
   await writeFileAtomic(flags.out, encodeNpy(features, source.length, dim));
-  await writeFileAtomic(labelsPath, encodeNpy(labels, source.length));
-  progress.log(`wrote ${flags.out} (${source.length} x ${dim} float32) and ${labelsPath}`);
+  const base = flags.out.replace(/\.npy$/, "");
+  const written = [`${flags.out} (${source.length} x ${dim} float32)`];
+  if (source.labelled !== false) {
+    await writeFileAtomic(`${base}.labels.npy`, encodeNpy(extracted.labels, source.length));
+    written.push(`${base}.labels.npy`);
+  }
+  if (source.files) {
+    await writeFileAtomic(
+      `${base}.files.txt`,
+      new TextEncoder().encode(source.files.join("\n") + "\n"),
+    );
+    written.push(`${base}.files.txt (the image of each row)`);
+  }
+  progress.log(
+    `wrote ${written.join(", ")}` +
+      (source.labelled === false ? "; no labels file: the images are unlabelled" : ""),
+  );
   return 0;
 }
 

@@ -89,10 +89,23 @@ async function main(): Promise<number> {
   const out = flags.out ?? flags.checkpoint.replace(/\.safetensors$/, "") + ".eval.json";
   await writableFile("out", out);
   const { checkpoint, run } = await readCheckpointInput(flags.checkpoint);
-  const { dataset, dir } = await datasetSource({ dataset: flags.dataset, data: flags.data }, run);
-  const source = { dir, imageSize: run.imageSize };
+  const { dataset, dir, labels } = await datasetSource(
+    { dataset: flags.dataset, data: flags.data },
+    run,
+    "eval",
+  );
+  const source = { dir, imageSize: run.imageSize, labels };
   const train = await loadDataset(dataset, { ...source, split: "train" });
   const test = await loadDataset(dataset, { ...source, split: "test" });
+  if (train.labelled === false) {
+    train.close?.();
+    test.close?.();
+    throw new UserError(
+      `${dir} is unlabelled: kNN and probe accuracy need labels; pass --data DIR, a folder ` +
+        "with one sub-folder per class (the training run's own pictures show its unlabelled " +
+        "neighbours)",
+    );
+  }
   const options = evaluationOptions(run, true, overrides);
   const gpu = await acquireGpu({ log: true });
   const { backbone } = backboneFromCheckpoint(gpu, checkpoint, flags.checkpoint);

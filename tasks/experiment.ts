@@ -196,6 +196,9 @@ async function main(): Promise<number> {
   const train = await loadSplit(config, "train");
   const { classes, length: trainImages } = train;
   train.close?.();
+  if (train.labelled === false) {
+    throw new UserError("the experiment compares kNN accuracies: it needs labelled data");
+  }
   const methods = selectMethods(classes, budget.batch, flags.methods as string | undefined);
   const options: Options = {
     budget,

@@ -48,22 +48,28 @@ export async function writeInsightPictures(
   onProgress?: (what: string, done: number, total: number) => void,
 ): Promise<Record<string, unknown>> {
   const insight = await inspectBackbone(gpu, backbone, train, test, options, onProgress);
+  // Unlabelled images (one class): neighbours and the map without class marks, no confusion.
+  const labelled = train.labelled !== false && train.classes > 1;
   const pictures = {
     retrieval: `${base}.retrieval.png`,
     map: `${base}.map.png`,
-    confusion: `${base}.confusion.png`,
+    ...(labelled ? { confusion: `${base}.confusion.png` } : {}),
   };
   await writePng(pictures.retrieval, await retrievalPicture(insight, train, test));
   await writePng(pictures.map, drawEmbeddingMap(insight.map, insight.mapLabels, train.classes));
-  await writePng(pictures.confusion, drawConfusionMatrix(insight.confusion));
+  if (pictures.confusion) {
+    await writePng(pictures.confusion, drawConfusionMatrix(insight.confusion));
+  } else console.log("no confusion matrix or per-class accuracy: the images are unlabelled");
   return {
-    perClassKnnTop1: insight.perClassKnnTop1,
-    confusion: insight.confusion,
+    ...(labelled
+      ? { perClassKnnTop1: insight.perClassKnnTop1, confusion: insight.confusion }
+      : { unlabelled: true }),
+    // Indices into the test (queries) and train (neighbours) splits; labels only where they exist.
     retrieval: insight.queries.map((query, i) => ({
       query,
-      label: insight.queryLabels[i],
+      ...(labelled ? { label: insight.queryLabels[i] } : {}),
       neighbours: insight.neighbours[i],
-      neighbourLabels: insight.neighbourLabels[i],
+      ...(labelled ? { neighbourLabels: insight.neighbourLabels[i] } : {}),
     })),
     pictures,
   };

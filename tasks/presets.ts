@@ -5,7 +5,7 @@
 import type { Arch } from "../models/resnet.ts";
 import type { LrShape } from "../models/schedule.ts";
 import { LOSS_DEFAULTS, type LossConfig } from "../models/loss.ts";
-import type { DatasetName } from "../data/dataset.ts";
+import type { DatasetName, LabelMode } from "../data/dataset.ts";
 
 /** Everything a training run needs. */
 export interface TrainConfig {
@@ -22,6 +22,15 @@ export interface TrainConfig {
   dataset: DatasetName;
   /** Dataset directory (undefined: the dataset's default location). */
   data?: string;
+  /** Folder datasets: labels from class sub-folders, none, or by the layout (undefined: auto). */
+  labels?: LabelMode;
+  /**
+   * Evaluation (kNN monitor, probe, per-class figures): "auto" (undefined) runs it where labels
+   * exist (the training data's, or `evalData`'s), "none" never.
+   */
+  evaluation?: "auto" | "none";
+  /** A labelled image folder to evaluate on instead of the training data (its own 10% split). */
+  evalData?: string;
   /** Training resolution (square). */
   imageSize: number;
   /** Augmentation recipe: METHOD.md's ImageNet views or the small grayscale variant. */
@@ -209,6 +218,64 @@ export const PRESETS: Record<string, TrainConfig> = {
     knnBankSize: 10000,
     evalTestSize: 0,
     probeEpochs: 10,
+    probeLr: 0.15,
+    probeBatch: 256,
+  },
+  "folder-96": {
+    preset: "folder-96",
+    deviations: [
+      "for a folder of a few thousand photos (--data DIR, labelled or not): torchvision's " +
+      "ResNet-18 (64/128/256/512, 7x7 stride-2 stem and max pool, so the exported backbone is " +
+      "torchvision.models.resnet18) at 96x96 instead of ResNet-50 at 224",
+      "batch 128 on one device, lr 2.0 with a 10-epoch warm-up, per-step cosine (METHOD.md's " +
+      "scaling gives 4.8*128/4096 = 0.15, too slow for a run of a few thousand steps, as the " +
+      "small preset found; not tuned on photos yet)",
+      "100 epochs: ~2,300 steps for 3,000 photos, sized for about an hour on a GPU when the " +
+      "photos are stored at about 256 px (jpeg-js decodes a 1536x1536 JPEG in 0.3-0.8 s, a " +
+      "full-size camera photo in seconds: shrink them first, see the README); an estimate, " +
+      "not yet timed on a GPU",
+      "projector/predictor 512 -> 2048 -> 256 (METHOD.md: 2048 -> 4096 -> 256), scaled with the " +
+      "backbone's 512 features",
+      "crop scale from 0.2 instead of 0.08 (a 0.08 crop of a 96 px view is ~27 px); blur sigma " +
+      "scaled by 96/224 to 0.04-0.86 px",
+      "no per-branch batch rescale (a fixed 96 px run)",
+      "kNN with k = 20 (a few thousand images: 200 neighbours would span whole small classes); " +
+      "kNN every 500 steps and at the end, when labels exist",
+      ...COMMON_DEVIATIONS,
+    ],
+    arch: "resnet18",
+    widths: [64, 128, 256, 512],
+    smallImage: false,
+    dataset: "folder",
+    imageSize: 96,
+    augment: "imagenet",
+    cropScaleMin: 0.2,
+    blurSigma: [0.1 * 96 / 224, 2.0 * 96 / 224],
+    randomRescale: false,
+    batch: 128,
+    accum: 1,
+    ranks: 1,
+    epochs: 100,
+    lr: 2.0,
+    warmupEpochs: 10,
+    lrSchedule: "per-step",
+    momentum: 0.9,
+    weightDecay: 1e-6,
+    eta: 0.001,
+    emaBase: 0.99,
+    projectorHidden: 2048,
+    projectorOut: 256,
+    predictorHidden: 2048,
+    headInit: "torch-default",
+    loss: tripletLoss(),
+    seed: 0,
+    logEvery: 10,
+    evalEvery: 500,
+    knnK: 20,
+    knnTemperature: 0.1,
+    knnBankSize: 0,
+    evalTestSize: 0,
+    probeEpochs: 100,
     probeLr: 0.15,
     probeBatch: 256,
   },

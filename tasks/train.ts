@@ -21,6 +21,7 @@ import { writeFileAtomic } from "../models/safetensors.ts";
 import {
   augmentConfig,
   EVAL_FORWARD_BATCH,
+  evaluationData,
   type Flags,
   loadSplit,
   parseTrainFlags,
@@ -35,6 +36,7 @@ import {
   describeRun,
   doneLine,
   EvaluationMonitor,
+  fallbackWarning,
   Interrupts,
   RunFiles,
   writeSummary,
@@ -162,6 +164,7 @@ async function runTraining(
   progress.log(gpu.describe() + (mpi ? `; ${mpi.size} data-parallel processes (MPI)` : ""));
   const train = await loadSplit(config, "train");
   const test = await loadSplit(config, "test");
+  const evalData = await evaluationData(config, train, test);
   const modelConfig = sslModelConfig(config, train.channels);
   const memory = userErrorFrom(() =>
     checkBatchFits(
@@ -191,7 +194,9 @@ async function runTraining(
     weightDecay,
     eta,
   });
-  progress.log(describeRun(config, model, train, test, memory, schedule, outDir));
+  progress.log(describeRun(config, model, train, test, memory, schedule, outDir, evalData));
+  const warning = fallbackWarning(config, gpu, memory);
+  if (warning) progress.log(warning);
 
   const checkpoints = new Checkpoints(files, model, config, schedule, control, lead);
   let startStep = 0;
@@ -252,8 +257,7 @@ async function runTraining(
   const evaluation = new EvaluationMonitor(
     gpu,
     model,
-    train,
-    test,
+    evalData,
     config,
     totalSteps,
     log,
@@ -321,18 +325,25 @@ async function runTraining(
   interrupts.close();
   if (!lead) return 0;
   const trainSeconds = wall();
-  const finalEval = await evaluation.run(totalSteps, config.probeEpochs > 0);
+  const finalEval = evalData.bank
+    ? await evaluation.run(totalSteps, config.probeEpochs > 0)
+    : undefined;
+  // Unevaluated runs still get pictures of their own images (unlabelled: no class marks).
+  const [pictureBank, pictureTest] = [evalData.bank ?? train, evalData.test ?? test];
   const insight = flags["no-pictures"] ? {} : await writeInsightPictures(
     gpu,
     model.online.backbone,
-    train,
-    test,
+    pictureBank,
+    pictureTest,
     {
       knnK: config.knnK,
       knnTemperature: config.knnTemperature,
       // The bank of the final kNN, capped: the pictures' neighbour search runs on the host.
-      bankSize: Math.min(finalEval.bankSize, PICTURE_BANK_LIMIT),
-      testSize: finalEval.testSize,
+      bankSize: Math.min(
+        finalEval?.bankSize ?? (config.knnBankSize || pictureBank.length),
+        PICTURE_BANK_LIMIT,
+      ),
+      testSize: finalEval?.testSize ?? config.evalTestSize,
       neighbours: 8,
       mapPoints: 1000,
       seed: config.seed,
@@ -349,9 +360,12 @@ async function runTraining(
     trainSeconds,
     gpu,
     insight,
+    "reason" in evalData ? evalData.reason : undefined,
   );
   train.close?.();
   test.close?.();
+  if (evalData.bank !== train) evalData.bank?.close?.();
+  if (evalData.test !== test) evalData.test?.close?.();
   progress.log(doneLine(summary, files));
   return 0;
 }

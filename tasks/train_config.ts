@@ -4,7 +4,13 @@
  * that several tasks need (model, augmentation, evaluation, datasets).
  */
 import { parseArgs } from "node:util";
-import { type Dataset, DATASET_NAMES, DatasetError, loadDataset } from "../data/dataset.ts";
+import {
+  type Dataset,
+  DATASET_NAMES,
+  DatasetError,
+  LABEL_MODES,
+  loadDataset,
+} from "../data/dataset.ts";
 import { type AugmentConfig, imagenetViews, smallDataViews } from "../data/augment_config.ts";
 import type { EvaluationOptions } from "../models/evaluate.ts";
 import { ARCH_NAMES } from "../models/resnet.ts";
@@ -43,7 +49,27 @@ export const TRAIN_FLAGS: FlagSpec[] = [
   },
   { name: "arch", value: "NAME", help: ARCH_NAMES.join(" | "), preset: (p) => p.arch },
   { name: "dataset", value: "NAME", help: DATASET_NAMES.join(" | "), preset: (p) => p.dataset },
-  { name: "data", value: "DIR", help: "dataset directory (folder: one sub-folder per class)" },
+  {
+    name: "data",
+    value: "DIR",
+    help: "dataset directory (folder: images in any layout, or one sub-folder per class)",
+  },
+  {
+    name: "labels",
+    value: "MODE",
+    help: "folder labels: auto (class sub-folders when every image is in one of >= 2 " +
+      "first-level sub-folders, else unlabelled) | folders | none",
+  },
+  {
+    name: "eval",
+    value: "MODE",
+    help: "auto (kNN/probe where labels exist: the data's or --eval-data's) | none",
+  },
+  {
+    name: "eval-data",
+    value: "DIR",
+    help: "labelled image folder (class sub-folders) to evaluate on, for unlabelled training data",
+  },
   { name: "image-size", value: "N", help: "training resolution", preset: (p) => p.imageSize },
   { name: "epochs", value: "N", help: "epochs over the training split", preset: (p) => p.epochs },
   {
@@ -396,11 +422,35 @@ export function resolveConfig(
     loss.window = [Math.min(loss.window[0], negatives), negatives];
   }
   config.loss = loss;
-  if (config.dataset === "folder" && !config.data) {
-    throw new UserError("--dataset folder needs --data DIR (one sub-folder of images per class)");
-  }
+  applyFolderFlags(config, flags);
   config.deviations = departuresOf(config);
   return config;
+}
+
+/** --labels, --eval and --eval-data, checked against the dataset (needs --data for folders). */
+function applyFolderFlags(config: TrainConfig, flags: Flags): void {
+  const str = (name: string) => flags[name] as string | undefined;
+  config.labels = oneOf("labels", str("labels"), LABEL_MODES) ?? config.labels;
+  config.evaluation = oneOf("eval", str("eval"), ["auto", "none"] as const) ?? config.evaluation;
+  config.evalData = str("eval-data") ?? config.evalData;
+  if (config.dataset === "folder" && !config.data) {
+    throw new UserError(
+      "--dataset folder needs --data DIR (a folder of images, any layout, or one sub-folder of " +
+        'images per class: see the README\'s "Your own images")',
+    );
+  }
+  if (config.dataset !== "folder") {
+    for (const name of ["labels", "eval-data"]) {
+      if (str(name) !== undefined) {
+        throw new UserError(`--${name} applies to --dataset folder only, not ${config.dataset}`);
+      }
+    }
+  }
+  if (config.evalData !== undefined && config.evaluation === "none") {
+    throw new UserError(
+      "--eval-data gives a folder to evaluate on, but --eval none turns evaluation off: drop one",
+    );
+  }
 }
 
 /** The flags that steer one invocation (not the recipe), validated with the rest. */
@@ -470,9 +520,57 @@ export async function loadSplit(config: TrainConfig, split: "train" | "test"): P
       dir: config.data,
       split,
       imageSize: config.imageSize,
+      labels: config.labels,
     });
   } catch (e) {
     if (e instanceof DatasetError) throw new UserError(e.message);
     throw e;
   }
+}
+
+/** What a run evaluates on: labelled bank and test splits, or nothing and why. */
+export type EvaluationData =
+  | { bank: Dataset; test: Dataset; source: string }
+  | { bank?: undefined; test?: undefined; reason: string };
+
+/**
+ * The evaluation data of a run: --eval-data's labelled folder (its own train/test split), else
+ * the training data's splits when they are labelled; none with --eval none or without labels.
+ */
+export async function evaluationData(
+  config: TrainConfig,
+  train: Dataset,
+  test: Dataset,
+): Promise<EvaluationData> {
+  if (config.evaluation === "none") return { reason: "--eval none" };
+  if (config.evalData !== undefined) {
+    const load = async (split: "train" | "test") => {
+      try {
+        return await loadDataset("folder", {
+          dir: config.evalData,
+          split,
+          imageSize: config.imageSize,
+          labels: "folders",
+        });
+      } catch (e) {
+        if (e instanceof DatasetError) throw new UserError(`--eval-data: ${e.message}`);
+        throw e;
+      }
+    };
+    const bank = await load("train");
+    const evalTest = await load("test");
+    return {
+      bank,
+      test: evalTest,
+      source: `--eval-data ${config.evalData} (${bank.classes} classes: kNN bank of its ` +
+        `${bank.length} train images, ${evalTest.length} test images)`,
+    };
+  }
+  if (train.labelled === false) {
+    return {
+      reason: "the training images are unlabelled; pass --eval-data DIR (a folder with one " +
+        "sub-folder per class) to measure kNN/probe accuracy",
+    };
+  }
+  return { bank: train, test, source: "the dataset's own train/test splits" };
 }

@@ -4,7 +4,7 @@
  * report and the summary at the end. No arithmetic of the method lives here.
  */
 import type { Gpu } from "../runtime/gpu.ts";
-import type { Dataset } from "../data/dataset.ts";
+import { type Dataset, describeSkipped } from "../data/dataset.ts";
 import type { SslModel } from "../models/ssl.ts";
 import type { Schedule } from "../models/schedule.ts";
 import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
@@ -20,7 +20,7 @@ import { parameterCount } from "../models/resnet.ts";
 import type { MemoryEstimate } from "../models/memory.ts";
 import { formatDuration, Progress, UserError } from "./cli.ts";
 import type { TrainConfig } from "./presets.ts";
-import { evaluationOptions } from "./train_config.ts";
+import { type EvaluationData, evaluationOptions } from "./train_config.ts";
 import { renderCurves } from "./plot.ts";
 
 /** The files of a run directory. */
@@ -132,8 +132,8 @@ export class EvaluationMonitor {
   constructor(
     readonly gpu: Gpu,
     readonly model: SslModel,
-    readonly train: Dataset,
-    readonly test: Dataset,
+    /** The labelled bank and test splits, or none (then nothing is due). */
+    readonly data: EvaluationData,
     readonly config: TrainConfig,
     readonly totalSteps: number,
     readonly log: TrainingLog,
@@ -142,16 +142,18 @@ export class EvaluationMonitor {
 
   /** An intermediate kNN evaluation after `done` steps (--eval-every). */
   due(done: number): boolean {
-    return this.config.evalEvery > 0 && done % this.config.evalEvery === 0 &&
-      done < this.totalSteps;
+    return this.data.bank !== undefined && this.config.evalEvery > 0 &&
+      done % this.config.evalEvery === 0 && done < this.totalSteps;
   }
 
   async run(step: number, withProbe: boolean): Promise<EvaluationResult> {
+    const { bank, test } = this.data;
+    if (!bank || !test) throw new Error("EvaluationMonitor.run: the run has no evaluation data");
     const result = await evaluateBackbone(
       this.gpu,
       this.model.online.backbone,
-      this.train,
-      this.test,
+      bank,
+      test,
       evaluationOptions(this.config, withProbe),
       (what, done, total) => this.progress.update(`eval at step ${step}: ${what} ${done}/${total}`),
     );
@@ -207,6 +209,7 @@ export function describeRun(
   memory: MemoryEstimate,
   schedule: Schedule,
   outDir: string,
+  evalData: EvaluationData,
 ): string {
   const negatives = config.batch - 1;
   let suggestedK: string;
@@ -221,7 +224,12 @@ export function describeRun(
     `${parameterCount(model.online.backbone).toLocaleString("en")} backbone parameters, ` +
     `${parameterCount(model.online).toLocaleString("en")} with heads`,
     `data ${config.dataset}: ${train.length} train / ${test.length} test images, ` +
-    `${train.classes} classes, ${config.imageSize}px; batch ${config.batch} x accum ${config.accum}`,
+    (train.labelled === false ? "unlabelled" : `${train.classes} classes`) +
+    `, ${config.imageSize}px; batch ${config.batch} x accum ${config.accum}`,
+    ...(train.skippedFiles?.length ? [`skipped ${describeSkipped(train.skippedFiles)}`] : []),
+    evalData.bank
+      ? `evaluation: kNN${config.probeEpochs > 0 ? " and linear probe" : ""} on ${evalData.source}`
+      : `evaluation: none (${evalData.reason}); pictures without class marks`,
     `loss ${config.loss.kind}${
       config.loss.kind === "triplet" ? ` window [${config.loss.window}]` : ""
     }; ` +
@@ -248,7 +256,8 @@ export interface RunSummary {
   loss: string;
   steps: number;
   epochs: number;
-  knnTop1: number;
+  /** Null when the run was not evaluated (`evaluation` says why). */
+  knnTop1: number | null;
   linearTop1: number | null;
   linearTop5: number | null;
   finalLoss: number | string | null;
@@ -259,6 +268,8 @@ export interface RunSummary {
   fallbackAdapter: boolean;
   /** The kernel plans the run's device ran (by adapter, or forced by --kernel-plan). */
   kernelPlans: "gpu" | "cpu";
+  /** Why the run was not evaluated (absent when it was). */
+  evaluation?: string;
   /** From the end-of-run pictures: per-class kNN top-1, confusion matrix, retrieval, PNG paths. */
   perClassKnnTop1?: unknown;
   confusion?: unknown;
@@ -269,10 +280,11 @@ export async function writeSummary(
   files: RunFiles,
   config: TrainConfig,
   schedule: Schedule,
-  finalEval: EvaluationResult,
+  finalEval: EvaluationResult | undefined,
   trainSeconds: number,
   gpu: Gpu,
   insight: Record<string, unknown>,
+  notEvaluated?: string,
 ): Promise<RunSummary> {
   const metrics = await TrainingLog.read(files.metrics);
   const rates = metrics.map((m) => m.imagesPerSecond).filter((v): v is number =>
@@ -284,18 +296,19 @@ export async function writeSummary(
     loss: config.loss.kind,
     steps: totalSteps,
     epochs: +schedule.epochAt(totalSteps).toFixed(4),
-    knnTop1: finalEval.knnTop1,
-    linearTop1: finalEval.linearTop1 ?? null,
-    linearTop5: finalEval.linearTop5 ?? null,
+    knnTop1: finalEval?.knnTop1 ?? null,
+    linearTop1: finalEval?.linearTop1 ?? null,
+    linearTop5: finalEval?.linearTop5 ?? null,
     finalLoss: metrics.filter((m) => m.loss !== undefined).at(-1)?.loss ?? null,
     wallSeconds: +trainSeconds.toFixed(1),
-    evalSeconds: +finalEval.seconds.toFixed(1),
+    evalSeconds: +(finalEval?.seconds ?? 0).toFixed(1),
     imagesPerSecond: rates.length
       ? +(rates.reduce((a, b) => a + b, 0) / rates.length).toFixed(2)
       : null,
     adapter: gpu.adapterName,
     fallbackAdapter: gpu.isFallback,
     kernelPlans: gpu.planKind,
+    ...(notEvaluated === undefined ? {} : { evaluation: `not evaluated: ${notEvaluated}` }),
     ...insight,
   };
   await Deno.writeTextFile(files.summary, JSON.stringify(summary, null, 1) + "\n");
@@ -305,7 +318,9 @@ export async function writeSummary(
 
 /** The run's one-line ending. */
 export function doneLine(summary: RunSummary, files: RunFiles): string {
-  return `done: kNN top-1 ${(summary.knnTop1 * 100).toFixed(2)}%` +
+  return `done: ${
+    summary.knnTop1 === null ? "not evaluated" : `kNN top-1 ${(summary.knnTop1 * 100).toFixed(2)}%`
+  }` +
     (summary.linearTop1 !== null
       ? `, linear top-1 ${(summary.linearTop1 * 100).toFixed(2)}%`
       : "") +
@@ -328,4 +343,36 @@ function curvesSvg(metrics: MetricsLine[]): Promise<string> {
     { title: "training loss", yTitle: "loss (both directions)", points: loss },
     { title: "kNN monitor", yTitle: "top-1 (%)", points: knn },
   ]);
+}
+
+/** Presets too large for a CPU adapter: hours per epoch there. */
+const LARGE_PRESETS = ["resnet50-imagenet", "folder-96"];
+/** Activations per optimizer step above which a run is called large (the small preset: ~0.1 GiB). */
+const LARGE_STEP_BYTES = 2 ** 30;
+
+/**
+ * A loud warning when a large run (a large preset, or a big estimated step) is about to train
+ * on a fallback (CPU) adapter; undefined otherwise.
+ */
+export function fallbackWarning(
+  config: TrainConfig,
+  gpu: Pick<Gpu, "isFallback" | "adapterName">,
+  memory: MemoryEstimate,
+): string | undefined {
+  if (!gpu.isFallback) return undefined;
+  const stepBytes = memory.stepBytes * config.accum;
+  const namedLarge = LARGE_PRESETS.includes(config.preset);
+  if (!namedLarge && stepBytes < LARGE_STEP_BYTES) return undefined;
+  const bar = "!".repeat(78);
+  return [
+    bar,
+    `!! WARNING: preset ${config.preset} (${config.arch}, ${config.imageSize}px, batch ` +
+    `${config.batch} x accum ${config.accum}, ~${(stepBytes / 2 ** 30).toFixed(1)} GiB of ` +
+    "activations per step)",
+    `!! is running on the FALLBACK CPU adapter "${gpu.adapterName}": expect it to be about 100x ` +
+    "slower than on a GPU.",
+    "!! For a real run install the GPU's driver and the Vulkan loader (README: GPU vs CPU), or",
+    "!! use this only as a smoke test (e.g. --steps 2 --batch 4).",
+    bar,
+  ].join("\n");
 }

@@ -8,9 +8,11 @@ import jpeg from "jpeg-js";
 import { encode as encodePng } from "fast-png";
 import { Rng } from "./util.ts";
 import { type Dataset, loadDataset, shuffledOrder } from "../data/dataset.ts";
-import { HOLDOUT_FRACTION, isHeldOut, loadImageFolder } from "../data/folder.ts";
+import { describeSkipped, HOLDOUT_FRACTION, isHeldOut, loadImageFolder } from "../data/folder.ts";
 import {
+  applyOrientation,
   decodeImage,
+  jpegOrientation,
   type PixelBox,
   resizeCentreCrop,
   resizedCrop,
@@ -528,6 +530,194 @@ Deno.test("datasets: bad image folders give one clear error naming the file", as
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+/** A JPEG with an APP1 Exif segment (TIFF in `order`) carrying `orientation`, after SOI. */
+function withExifOrientation(jpegFile: Uint8Array, orientation: number, order: "II" | "MM") {
+  const tiff = new Uint8Array(26);
+  const view = new DataView(tiff.buffer);
+  const little = order === "II";
+  tiff.set([order.charCodeAt(0), order.charCodeAt(1)]);
+  view.setUint16(2, 42, little);
+  view.setUint32(4, 8, little); // IFD0 right after the header
+  view.setUint16(8, 1, little); // one entry
+  view.setUint16(10, 0x0112, little); // Orientation
+  view.setUint16(12, 3, little); // SHORT
+  view.setUint32(14, 1, little); // count
+  view.setUint16(18, orientation, little);
+  view.setUint32(22, 0, little); // no next IFD
+  const exif = [..."Exif\0\0"].map((c) => c.charCodeAt(0));
+  const length = 2 + exif.length + tiff.length;
+  const segment = Uint8Array.from([0xff, 0xe1, length >> 8, length & 255, ...exif, ...tiff]);
+  const out = new Uint8Array(jpegFile.length + segment.length);
+  out.set(jpegFile.subarray(0, 2));
+  out.set(segment, 2);
+  out.set(jpegFile.subarray(2), 2 + segment.length);
+  return out;
+}
+
+Deno.test("datasets: a JPEG's Exif orientation turns it upright (all 8, both byte orders)", () => {
+  // 32x16 stored image of four flat 16x8 quadrants (flat 8x8 blocks keep JPEG exact to +-3).
+  const [w, h] = [32, 16];
+  const colours = { R: [230, 20, 20], G: [20, 230, 20], B: [20, 20, 230], W: [240, 240, 240] };
+  const rgb = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const q = y < h / 2 ? (x < w / 2 ? "R" : "G") : (x < w / 2 ? "B" : "W");
+      rgb.set(colours[q], 3 * (y * w + x));
+    }
+  }
+  const plain = jpegBytes(w, h, rgb);
+  assert.equal(jpegOrientation(plain), 1);
+  // Display corners (top-left, top-right, bottom-left, bottom-right) per orientation, by hand
+  // from the Exif 2.3 table (e.g. 6: the stored left column becomes the top row).
+  const corners: Record<number, string> = {
+    1: "RGBW",
+    2: "GRWB",
+    3: "WBGR",
+    4: "BWRG",
+    5: "RBGW",
+    6: "BRWG",
+    7: "WGBR",
+    8: "GWRB",
+  };
+  for (const order of ["II", "MM"] as const) {
+    for (let orientation = 1; orientation <= 8; orientation++) {
+      const bytes = withExifOrientation(plain, orientation, order);
+      assert.equal(jpegOrientation(bytes), orientation, `${order} ${orientation}`);
+      const image = decodeImage(bytes);
+      const swapped = orientation >= 5;
+      assert.deepEqual([image.width, image.height], swapped ? [h, w] : [w, h]);
+      const at = (x: number, y: number) =>
+        Array.from(image.data.subarray(3 * (y * image.width + x), 3 * (y * image.width + x) + 3));
+      const [W, H] = [image.width, image.height];
+      const seen = [at(2, 2), at(W - 3, 2), at(2, H - 3), at(W - 3, H - 3)];
+      [...corners[orientation]].forEach((name, i) => {
+        const expected = colours[name as keyof typeof colours];
+        const worst = Math.max(...seen[i].map((v, c) => Math.abs(v - expected[c])));
+        assert.ok(worst <= 3, `${order} orientation ${orientation} corner ${i}: ${seen[i]}`);
+      });
+    }
+  }
+  // A damaged Exif block (IFD offset past the segment) keeps the image as stored.
+  const damaged = withExifOrientation(plain, 6, "II");
+  damaged[2 + 4 + 6 + 4] = 200;
+  assert.equal(jpegOrientation(damaged), 1);
+  assert.throws(() => applyOrientation({ width: 1, height: 1, data: new Uint8Array(3) }, 9));
+});
+
+/** Write flat-coloured PNGs at the given paths below root (parents created). */
+async function writeImages(root: string, paths: string[]): Promise<void> {
+  for (const [i, path] of paths.entries()) {
+    const dir = `${root}/${path}`.replace(/\/[^/]*$/, "");
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeFile(`${root}/${path}`, pngBytes(4, 4, 3, randomRgb(4, 4, 40 + i)));
+  }
+}
+
+/** Names whose hold-out split is known: `count` train paths and one test path. */
+function splitNames(prefix: string, count: number): string[] {
+  const names: string[] = [];
+  let heldOut: string | undefined;
+  for (let i = 0; names.length < count || !heldOut; i++) {
+    const name = `${prefix}${i}.png`;
+    if (isHeldOut(name)) heldOut ??= name;
+    else if (names.length < count) names.push(name);
+  }
+  return [...names, heldOut];
+}
+
+Deno.test("datasets: unlabelled folders: flat, nested, one sub-folder; the label rule", async () => {
+  const root = await Deno.makeTempDir({ prefix: "tritrain-folder-unlabelled-" });
+  const opened: Dataset[] = [];
+  const load = async (dir: string, split: "train" | "test", labels?: "none" | "folders") => {
+    const ds = await loadImageFolder(dir, split, 4, { workers: 0, labels });
+    opened.push(ds);
+    return ds;
+  };
+  try {
+    // Flat: every image, one class, unlabelled; other files skipped and named.
+    const flat = splitNames("", 6);
+    await writeImages(`${root}/flat`, flat);
+    await Deno.writeTextFile(`${root}/flat/notes.txt`, "x");
+    await Deno.writeFile(`${root}/flat/photo.HEIC`, new Uint8Array(4));
+    await Deno.writeFile(`${root}/flat/.hidden.png`, new Uint8Array(4));
+    const train = await load(`${root}/flat`, "train");
+    const test = await load(`${root}/flat`, "test");
+    assert.deepEqual([train.length, test.length, train.classes, train.labelled], [6, 1, 1, false]);
+    assert.deepEqual(train.skippedFiles, [`${root}/flat/notes.txt`, `${root}/flat/photo.HEIC`]);
+    assert.deepEqual(Array.from((await train.batch([0, 5])).labels), [0, 0]);
+    assert.equal((await train.batch([0])).pixels.length, 4 * 4 * 3);
+    // Nested at any depth, with a top-level image too: only --labels none takes it.
+    const treePaths = ["top.png", "2024/a/b.png", "2024/c.png", "2025/d.png"];
+    await writeImages(`${root}/tree`, treePaths);
+    const treeTrain = await load(`${root}/tree`, "train", "none");
+    assert.equal(treeTrain.length, treePaths.filter((p) => !isHeldOut(p)).length);
+    assert.deepEqual(treeTrain.skippedFiles, []);
+    for (const labels of [undefined, "folders"] as const) {
+      await assertDatasetError(
+        () => load(`${root}/tree`, "train", labels),
+        `${root}/tree`,
+        /mixed layout: 1 images lie directly in the folder \(top\.png\) and 3 in sub-folders \(2024\/, 2025\/\): pass --labels none/,
+      );
+    }
+    // Two sub-folders with images, none at the top: classes by default, nested files included.
+    await Deno.remove(`${root}/tree/top.png`);
+    const labelled = await load(`${root}/tree`, "train");
+    const labelledTrain = treePaths.slice(1).filter((p) => !isHeldOut(p));
+    assert.deepEqual([labelled.classes, labelled.labelled], [2, true]);
+    assert.deepEqual(
+      Array.from((await labelled.batch(labelledTrain.map((_, i) => i))).labels),
+      labelledTrain.map((p) => p.startsWith("2024/") ? 0 : 1),
+    );
+    assert.equal((await load(`${root}/tree`, "train", "none")).classes, 1);
+    // One sub-folder: unlabelled by default, refused by --labels folders.
+    await writeImages(`${root}/one`, splitNames("photos/", 3));
+    assert.equal((await load(`${root}/one`, "train")).labelled, false);
+    await assertDatasetError(
+      () => load(`${root}/one`, "train", "folders"),
+      `${root}/one`,
+      /needs at least two class sub-folders with images, found 1 \(photos\/\).*--labels none/,
+    );
+  } finally {
+    for (const d of opened) d.close?.();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("datasets: empty folders and folders of unsupported files are named", async () => {
+  const root = await Deno.makeTempDir({ prefix: "tritrain-folder-empty-" });
+  try {
+    await assertDatasetError(
+      () => loadDataset("folder", { dir: root, split: "train" }),
+      root,
+      /no JPEG\/PNG images in the train split: the folder has no image files.*put JPEG\/PNG files/,
+    );
+    await Deno.mkdir(`${root}/sub`);
+    await Deno.writeFile(`${root}/sub/a.heic`, new Uint8Array(4));
+    await Deno.writeFile(`${root}/b.tiff`, new Uint8Array(4));
+    await Deno.writeFile(`${root}/c.heic`, new Uint8Array(4));
+    await assertDatasetError(
+      () => loadDataset("folder", { dir: root, split: "train" }),
+      root,
+      /skipped 3 files that are not JPEG\/PNG \(\.heic x2, \.tiff x1\): b\.tiff, c\.heic, sub\/a\.heic; convert/,
+    );
+    // Too few images for the 10% hold-out: the message says why the test split is empty.
+    await writeImages(root, [splitNames("", 1)[0]]);
+    await assertDatasetError(
+      () => loadDataset("folder", { dir: root, split: "test" }),
+      root,
+      /no JPEG\/PNG images in the test split \(1 images in all; 10% of them.*add images/,
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+  assert.equal(
+    describeSkipped(["a/x.webp", "y.WEBP", "z", "q.gif", "r.gif", "s.gif"], 2),
+    "6 files that are not JPEG/PNG (.gif x3, .webp x2, (no extension) x1): a/x.webp, y.WEBP, ...; " +
+      "convert images to JPEG or PNG to use them (e.g. ImageMagick: magick mogrify -format jpg " +
+      "*.heic)",
+  );
 });
 
 Deno.test("datasets: folder resize and crops match torchvision on PIL (golden, +-1 level)", async () => {

@@ -104,3 +104,97 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "eval pictures: a run on unlabelled images is evaluated on its --eval-data folder; " +
+    "unlabelled data alone is refused with exit 2",
+  ...gpuTest,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await writeFolder(`${dir}/labelled`, "train", 6);
+    await writeFolder(`${dir}/labelled`, "val", 2);
+    // Unlabelled: the 18 training images, flat, as 0.png ... 17.png ...
+    await Deno.mkdir(`${dir}/photos`);
+    const classFiles = [0, 1, 2].flatMap((c) =>
+      [...Deno.readDirSync(`${dir}/labelled/train/class${c}`)].map((e) =>
+        `${dir}/labelled/train/class${c}/${e.name}`
+      )
+    );
+    for (const [i, file] of classFiles.entries()) {
+      await Deno.copyFile(file, `${dir}/photos/${i}.png`);
+    }
+    // ... and 18.png, which the hash holds out: the test split is not empty.
+    await Deno.copyFile(classFiles[0], `${dir}/photos/18.png`);
+    const gpu = await testGpu();
+    const model = new SslModel(
+      gpu,
+      {
+        backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: [4, 4, 8, 8] },
+        projectorHidden: 8,
+        projectorOut: 4,
+        predictorHidden: 8,
+        loss: { kind: "triplet", window: [1, 2] },
+      },
+      4,
+      0,
+      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
+    );
+    const run = {
+      ...PRESETS.small,
+      dataset: "folder" as const,
+      data: `${dir}/photos`,
+      imageSize: 8,
+    };
+    const evalTask = async (name: string, trainConfig: typeof run) => {
+      const checkpoint = `${dir}/${name}.safetensors`;
+      await saveCheckpoint(checkpoint, model, { step: 0, trainConfig });
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "tasks/eval.ts", "--checkpoint", checkpoint, "--knn-k", "3"].concat(
+          ["--probe-epochs", "0", "--map-points", "6"],
+        ),
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return { code: out.code, stderr: new TextDecoder().decode(out.stderr), checkpoint };
+    };
+    const refused = await evalTask("unlabelled", run);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /photos is unlabelled: kNN and probe accuracy need labels; pass --data/,
+    );
+    const withEvalData = await evalTask("eval-data", { ...run, evalData: `${dir}/labelled` });
+    assert.equal(withEvalData.code, 0, withEvalData.stderr);
+    const report = JSON.parse(await Deno.readTextFile(`${dir}/eval-data.eval.json`));
+    assert.equal(report.confusion.length, 3, "the labelled folder's 3 classes");
+    assert.deepEqual(report.confusion.map((row: number[]) => row.reduce((a, b) => a + b, 0)), [
+      2,
+      2,
+      2,
+    ]);
+    // embed on the unlabelled images: features, the file of each row, no labels file.
+    const embedded = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "tasks/embed.ts", "--checkpoint", refused.checkpoint, "--out"].concat(
+        [`${dir}/features.npy`, "--split", "train"],
+      ),
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(embedded.code, 0, new TextDecoder().decode(embedded.stderr));
+    assert.match(
+      new TextDecoder().decode(embedded.stdout),
+      /no labels file: the images are unlabelled/,
+    );
+    const files = (await Deno.readTextFile(`${dir}/features.files.txt`)).trim().split("\n");
+    assert.ok(files.length >= 1 && files.every((f) => f.startsWith(`${dir}/photos/`)), `${files}`);
+    const header = new Uint8Array(await Deno.readFile(`${dir}/features.npy`)).subarray(0, 128);
+    assert.match(new TextDecoder().decode(header), new RegExp(`'shape': \\(${files.length}, 8\\)`));
+    assert.equal(
+      await Deno.stat(`${dir}/features.labels.npy`).then(() => true, () => false),
+      false,
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+});

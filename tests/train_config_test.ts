@@ -5,10 +5,11 @@
  * the flags.
  */
 import assert from "node:assert/strict";
-import { augmentConfig, resolveConfig } from "../tasks/train_config.ts";
+import { augmentConfig, resolveConfig, trainHelp } from "../tasks/train_config.ts";
+import { fallbackWarning } from "../tasks/train_run.ts";
+import { UserError } from "../tasks/cli.ts";
 import { PRESETS } from "../tasks/presets.ts";
 import { readConfigFile } from "../tasks/config_file.ts";
-import { UserError } from "../tasks/cli.ts";
 
 Deno.test("train config: the small preset's recipe and its crop scale on both views", () => {
   const config = resolveConfig({});
@@ -198,4 +199,62 @@ Deno.test("train config: the departures follow the flags, not the preset's text"
   const small = resolveConfig({ batch: "16" }).deviations.join("\n");
   assert.match(small, /^lr 0.75 \(preset small: lr 3; scaled with the images per step;/m);
   assert.match(small, /^window \[11,19\] shrunk to \[11,15\]: a batch of 16 has only 15/m);
+});
+
+Deno.test("train config: the folder-96 preset, --labels / --eval / --eval-data and their checks", () => {
+  const c = resolveConfig({ preset: "folder-96", data: "/tmp/photos" });
+  assert.deepEqual(
+    [c.arch, c.widths, c.smallImage, c.imageSize, c.dataset, c.batch, c.augment, c.knnK],
+    ["resnet18", [64, 128, 256, 512], false, 96, "folder", 128, "imagenet", 20],
+  );
+  assert.deepEqual(augmentConfig(c).views.map((v) => v.crop.scale), [[0.2, 1], [0.2, 1]]);
+  assert.deepEqual(augmentConfig(c).views.map((v) => v.blur.sigma), [
+    [0.1 * 96 / 224, 2 * 96 / 224],
+    [0.1 * 96 / 224, 2 * 96 / 224],
+  ]);
+  assert.equal(c.labels, undefined);
+  assert.equal(c.evaluation, undefined);
+  const flagged = resolveConfig({
+    preset: "folder-96",
+    data: "/tmp/photos",
+    labels: "none",
+    "eval-data": "/tmp/labelled",
+  });
+  assert.deepEqual([flagged.labels, flagged.evalData], ["none", "/tmp/labelled"]);
+  assert.equal(resolveConfig({ eval: "none" }).evaluation, "none");
+  const refused: [Record<string, string>, RegExp][] = [
+    [{ dataset: "folder" }, /--dataset folder needs --data DIR \(a folder of images, any layout/],
+    [{ preset: "folder-96", data: "/x", labels: "maybe" }, /--labels must be one of auto/],
+    [{ eval: "sometimes" }, /--eval must be one of auto, none/],
+    [{ labels: "none" }, /--labels applies to --dataset folder only, not fashion-mnist/],
+    [{ "eval-data": "/x" }, /--eval-data applies to --dataset folder only/],
+    [
+      { preset: "folder-96", data: "/x", "eval-data": "/y", eval: "none" },
+      /--eval none turns evaluation off/,
+    ],
+  ];
+  for (const [flags, message] of refused) {
+    assert.throws(
+      () => resolveConfig(flags),
+      (e: Error) => e instanceof UserError && message.test(e.message),
+    );
+  }
+  assert.match(trainHelp(), /--preset NAME\s+small \| folder-96 \| resnet50-imagenet/);
+  assert.match(trainHelp(), /--labels MODE\s+folder labels: auto/);
+});
+
+Deno.test("train config: the loud fallback-adapter warning is for large runs on a CPU adapter", () => {
+  const memory = { stepBytes: 2 ** 20, largestTensorBytes: 0, largestAt: "", maxBatch: 1 };
+  const cpu = { isFallback: true, adapterName: "llvmpipe" };
+  const gpu = { isFallback: false, adapterName: "H200" };
+  const folder = resolveConfig({ preset: "folder-96", data: "/x" });
+  const warning = fallbackWarning(folder, cpu, memory);
+  assert.match(warning ?? "", /WARNING: preset folder-96 .* FALLBACK CPU adapter "llvmpipe"/s);
+  assert.equal(fallbackWarning(folder, gpu, memory), undefined);
+  assert.equal(fallbackWarning(resolveConfig({}), cpu, memory), undefined);
+  // Any preset whose estimated step is large (here 2 GiB of activations) is warned about.
+  assert.match(
+    fallbackWarning(resolveConfig({}), cpu, { ...memory, stepBytes: 2 ** 31 }) ?? "",
+    /preset small .*~2\.0 GiB of activations per step/s,
+  );
 });

@@ -353,3 +353,165 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+/** A PNG of 40x40 pixels whose pattern depends on (seed, class). */
+function patternPng(seed: number, cls = 0): Uint8Array {
+  const data = new Uint8Array(40 * 40 * 3).map((_, j) => (j * (seed + 3) + 90 * cls) % 256);
+  return encodePng({ width: 40, height: 40, data, channels: 3 });
+}
+
+/** Write `count` PNGs named 0.png ... into dir (created). */
+async function writePngs(dir: string, count: number, cls = 0): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  for (let i = 0; i < count; i++) await Deno.writeFile(`${dir}/${i}.png`, patternPng(i, cls));
+}
+
+Deno.test({
+  name: "train task: folder-96 trains 2 steps on a flat folder of unlabelled images: evaluation " +
+    "off, pictures without class marks, the CPU-adapter warning, skipped files named",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await writePngs(`${dir}/photos`, 24);
+    await Deno.writeTextFile(`${dir}/photos/notes.txt`, "not an image");
+    const r = await train([
+      "--preset",
+      "folder-96",
+      "--data",
+      `${dir}/photos`,
+      "--steps",
+      "2",
+      "--batch",
+      "4",
+      "--out",
+      `${dir}/run`,
+    ]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /data folder: \d+ train \/ \d+ test images, unlabelled, 96px/);
+    assert.match(r.stdout, /skipped 1 file that is not JPEG\/PNG \(\.txt x1\): .*notes\.txt/);
+    assert.match(
+      r.stdout,
+      /evaluation: none \(the training images are unlabelled; pass --eval-data/,
+    );
+    assert.match(r.stdout, /WARNING: preset folder-96 .*\n.*FALLBACK CPU adapter/);
+    assert.match(r.stdout, /no confusion matrix or per-class accuracy: the images are unlabelled/);
+    assert.match(r.stdout, /done: not evaluated after 2 steps/);
+    const summary = JSON.parse(await Deno.readTextFile(`${dir}/run/summary.json`));
+    assert.equal(summary.steps, 2);
+    assert.equal(summary.knnTop1, null);
+    assert.match(summary.evaluation, /^not evaluated: the training images are unlabelled/);
+    assert.equal(summary.unlabelled, true);
+    assert.equal(summary.confusion, undefined);
+    assert.deepEqual(Object.keys(summary.pictures).sort(), ["map", "retrieval"]);
+    assert.ok(summary.retrieval.length >= 1, "retrieval rows");
+    assert.deepEqual(Object.keys(summary.retrieval[0]), ["query", "neighbours"], "no labels");
+    for (const path of Object.values(summary.pictures) as string[]) {
+      assert.ok((await Deno.stat(path)).size > 0, path);
+    }
+    const metricLines = await metrics(`${dir}/run`);
+    assert.equal(metricLines.filter((m) => m.knnTop1 !== undefined).length, 0, "no kNN lines");
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/run/config.json`));
+    assert.deepEqual([config.preset, config.imageSize, config.widths], ["folder-96", 96, [
+      64,
+      128,
+      256,
+      512,
+    ]]);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "train task: unlabelled training images evaluated on a labelled --eval-data folder",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await writePngs(`${dir}/photos/2024`, 10);
+    await writePngs(`${dir}/photos/2025/trip`, 10, 1);
+    for (const [c, cls] of ["cat", "dog"].entries()) {
+      await writePngs(`${dir}/labelled/${cls}`, 12, c);
+    }
+    const r = await train([
+      ...TINY,
+      "--dataset",
+      "folder",
+      "--data",
+      `${dir}/photos`,
+      "--labels",
+      "none",
+      "--eval-data",
+      `${dir}/labelled`,
+      "--image-size",
+      "16",
+      "--batch",
+      "4",
+      "--steps",
+      "2",
+      "--out",
+      `${dir}/run`,
+    ]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /unlabelled, 16px/);
+    assert.match(
+      r.stdout,
+      /evaluation: kNN on --eval-data .*labelled \(2 classes: kNN bank of its \d+ train images/,
+    );
+    assert.doesNotMatch(r.stdout, /WARNING/);
+    const summary = JSON.parse(await Deno.readTextFile(`${dir}/run/summary.json`));
+    assert.ok(summary.knnTop1 >= 0 && summary.knnTop1 <= 1, `kNN ${summary.knnTop1}`);
+    assert.equal(summary.evaluation, undefined);
+    assert.equal(summary.confusion.length, 2);
+    assert.ok((await Deno.stat(summary.pictures.confusion)).size > 0);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "train task: bad image folders give one clear message, exit 2 and write nothing",
+  ...TEST,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    await Deno.mkdir(`${dir}/empty`);
+    await Deno.mkdir(`${dir}/heic`);
+    for (const name of ["a.heic", "b.heic", "c.tiff"]) {
+      await Deno.writeFile(`${dir}/heic/${name}`, new Uint8Array(8));
+    }
+    await writePngs(`${dir}/mixed`, 3);
+    await writePngs(`${dir}/mixed/cats`, 3);
+    await writePngs(`${dir}/flat`, 24);
+    await writePngs(`${dir}/eval/train/cat`, 3);
+    await writePngs(`${dir}/eval/train/dog`, 3, 1);
+    await writePngs(`${dir}/eval/val/cow`, 2);
+    const cases: [string[], RegExp][] = [
+      [
+        ["--data", `${dir}/empty`],
+        /empty: no JPEG\/PNG images in the train split: .*no image files/,
+      ],
+      [
+        ["--data", `${dir}/heic`],
+        /skipped 3 files that are not JPEG\/PNG \(\.heic x2, \.tiff x1\): a\.heic, b\.heic, c\.tiff; convert/,
+      ],
+      [
+        ["--data", `${dir}/mixed`],
+        /mixed layout: 3 images lie directly in the folder .*--labels none/,
+      ],
+      [
+        ["--data", `${dir}/flat`, "--eval-data", `${dir}/eval`],
+        /--eval-data: .*eval\/val\/cow: class folder missing from the train split/,
+      ],
+      [
+        ["--data", `${dir}/flat`, "--eval-data", `${dir}/flat`],
+        /--eval-data: .*flat: --labels folders needs at least two class sub-folders/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const out = `${dir}/run`;
+      const r = await train([...TINY, "--dataset", "folder", ...args, "--out", out]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+      assert.equal(await exists(out), false, "nothing written before the input was checked");
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+});
