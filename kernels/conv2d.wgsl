@@ -190,17 +190,19 @@ struct RowAddress {
 var<private> a_rows: array<RowAddress, 16>;
 
 // The A loader reads rows through a_rows: direct loads of the forward and input gradient with
-// whole-vec4 channels (the stems' row-packed and element loaders keep the per-k arithmetic), when
-// splitting a row divides by a pixel count that is not a power of two. Otherwise the split is a
-// few shifts, cheaper than keeping 16 row addresses alive through the loop (measured: 4x4 outputs
-// ran 5-20% slower hoisted).
+// whole-vec4 channels (the stems' row-packed and element loaders keep the per-k arithmetic),
+// except where the rows' images are tiny powers of two (<= 4 wide): their split is a few shifts,
+// and keeping 16 row addresses alive through the loop cost more than it saved. Hot-loop
+// instructions per k quad, per-k split -> hoisted: 28x28 forward 5548 -> 5062, 32x32 forward
+// 5282 -> 5068, 8x8 forward 5171 -> 5060, but 4x4 forward 4978 -> 5067 and 4x4 dX 4962 -> 5085.
 override ROW_PIXELS: u32 = select(OUT_PIXELS, PH_H * PH_W, PASS == PASS_INPUT_GRAD);
 override ROW_WIDTH: u32 = select(OUT_W, PH_W, PASS == PASS_INPUT_GRAD);
 override ROW_SPLIT_DIVIDES: bool = (ROW_PIXELS & (ROW_PIXELS - 1u)) != 0u ||
   (ROW_WIDTH & (ROW_WIDTH - 1u)) != 0u;
-override HOISTED_ROWS: bool = !STAGED && ROW_SPLIT_DIVIDES && !(POINTWISE && STRIDE == 1u) && (
-  (PASS == PASS_FORWARD && IN_C % 4u == 0u) || (PASS == PASS_INPUT_GRAD && OUT_C % 4u == 0u)
-);
+override HOISTED_ROWS: bool = !STAGED && (ROW_SPLIT_DIVIDES || ROW_WIDTH > 4u) &&
+  !(POINTWISE && STRIDE == 1u) && (
+    (PASS == PASS_FORWARD && IN_C % 4u == 0u) || (PASS == PASS_INPUT_GRAD && OUT_C % 4u == 0u)
+  );
 
 // Loaders are branch-free: an out-of-range element reads index 0 (always valid) and is then
 // replaced by zero. On a SIMD CPU adapter a divergent `if` or early return costs mask bookkeeping
