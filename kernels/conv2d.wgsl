@@ -173,6 +173,37 @@ var<workgroup> tile_b: array<vec4<f32>, TILE_K * COL_QUADS>;
 // indexed with constants, so it lives in registers.
 var<private> acc: array<mat4x4<f32>, 16>;
 
+// Direct loads (HOISTED_ROWS): what the A loader needs of each of the invocation's 16 rows,
+// computed once before the k loop. Decomposing a row into (image, pixel) divides by the output
+// geometry (not powers of two: a multiply-high and shifts per lane each); in the loop lavapipe
+// redid that for all 16 rows every 4 k (~15% of the forward loop's instructions, measured).
+// Only indexed by constants, so it stays in registers (or spill slots, not per-lane memory).
+struct RowAddress {
+  // Index in A of the row's element at k = 0 (tap (0, 0), channel 0): may be negative or past
+  // the end for windows that start in the padding; such taps are masked by h, w.
+  base: i32,
+  // Forward: input row / column of tap (0, 0); input grad: dy row / column of tap 0.
+  h: i32,
+  w: i32,
+}
+
+var<private> a_rows: array<RowAddress, 16>;
+
+// The A loader reads rows through a_rows: direct loads of the forward and input gradient with
+// whole-vec4 channels (the stems' row-packed and element loaders keep the per-k arithmetic),
+// except where the rows' images are tiny powers of two (<= 4 wide): their split is a few shifts,
+// and keeping 16 row addresses alive through the loop cost more than it saved. Hot-loop
+// instructions per k quad, per-k split -> hoisted: 28x28 forward 5548 -> 5062, 32x32 forward
+// 5282 -> 5068, 8x8 forward 5171 -> 5060, but 4x4 forward 4978 -> 5067 and 4x4 dX 4962 -> 5085.
+override ROW_PIXELS: u32 = select(OUT_PIXELS, PH_H * PH_W, PASS == PASS_INPUT_GRAD);
+override ROW_WIDTH: u32 = select(OUT_W, PH_W, PASS == PASS_INPUT_GRAD);
+override ROW_SPLIT_DIVIDES: bool = (ROW_PIXELS & (ROW_PIXELS - 1u)) != 0u ||
+  (ROW_WIDTH & (ROW_WIDTH - 1u)) != 0u;
+override HOISTED_ROWS: bool = !STAGED && (ROW_SPLIT_DIVIDES || ROW_WIDTH > 4u) &&
+  !(POINTWISE && STRIDE == 1u) && (
+    (PASS == PASS_FORWARD && IN_C % 4u == 0u) || (PASS == PASS_INPUT_GRAD && OUT_C % 4u == 0u)
+  );
+
 // Loaders are branch-free: an out-of-range element reads index 0 (always valid) and is then
 // replaced by zero. On a SIMD CPU adapter a divergent `if` or early return costs mask bookkeeping
 // on every load, and on a GPU it costs divergence; a select costs neither.
@@ -395,6 +426,124 @@ fn matrix_row_b(row: u32, row_valid: bool, c: u32) -> vec4<f32> {
   );
 }
 
+// ---- Hoisted row addresses (HOISTED_ROWS) ----
+
+// The RowAddress of GEMM row m (forward: output pixel; input grad: phase pixel). Rows past M
+// read row M - 1 (their results are never stored), so the loads need no row test.
+fn row_address(row: u32) -> RowAddress {
+  let m = min(row, GEMM_M - 1u);
+  if (PASS == PASS_FORWARD) {
+    if (POINTWISE) {
+      return RowAddress(i32(pointwise_x_offset(m)), 0, 0);
+    }
+    let n = m / OUT_PIXELS;
+    let p = m % OUT_PIXELS;
+    let h = i32((p / OUT_W) * STRIDE) - i32(PAD);
+    let w = i32((p % OUT_W) * STRIDE) - i32(PAD);
+    return RowAddress(((i32(n * IN_H) + h) * i32(IN_W) + w) * i32(IN_C), h, w);
+  }
+  if (POINTWISE) {
+    return RowAddress(i32(m * OUT_C), 0, 0);
+  }
+  let n = m / (PH_H * PH_W);
+  let p = m % (PH_H * PH_W);
+  let h = i32(BASE_H + p / PH_W);
+  let w = i32(BASE_W + p % PH_W);
+  return RowAddress(((i32(n * OUT_H) + h) * i32(OUT_W) + w) * i32(OUT_C), h, w);
+}
+
+// What a k quad adds to every row's address: the index offset of its tap and channels, and the
+// tap's row / column offsets (forward: + (kh, kw); input grad: - (tap_h, tap_w)). K is a whole
+// number of vec4 here and the loop stops at K, so every k quad is inside K.
+struct KAddress {
+  offset: i32,
+  dh: i32,
+  dw: i32,
+}
+
+fn k_address(k: u32) -> KAddress {
+  if (POINTWISE) {
+    return KAddress(i32(k), 0, 0);
+  }
+  if (PASS == PASS_FORWARD) {
+    let tap = k / IN_C;
+    let dh = i32(tap / KERNEL);
+    let dw = i32(tap % KERNEL);
+    return KAddress((dh * i32(IN_W) + dw) * i32(IN_C) + i32(k % IN_C), dh, dw);
+  }
+  let tap = k / OUT_C;
+  let dh = -i32(tap / TAPS_W);
+  let dw = -i32(tap % TAPS_W);
+  return KAddress((dh * i32(OUT_W) + dw) * i32(OUT_C) + i32(k % OUT_C), dh, dw);
+}
+
+// A[row, k .. k + 3] from a row's and a k quad's addresses (zero in the padding).
+fn hoisted_a(row: RowAddress, ka: KAddress) -> vec4<f32> {
+  let index = u32(row.base + ka.offset);
+  if (POINTWISE) {
+    return vec4_a(index / 4u);
+  }
+  var limit_h = IN_H;
+  var limit_w = IN_W;
+  if (PASS == PASS_INPUT_GRAD) {
+    limit_h = OUT_H;
+    limit_w = OUT_W;
+  }
+  // One unsigned compare per axis: a negative coordinate wraps past the limit.
+  let valid = (u32(row.h + ka.dh) < limit_h) & (u32(row.w + ka.dw) < limit_w);
+  return quad_a(index, valid);
+}
+
+// load_a_block for rows 4u .. 4u + 3 of the invocation's block, through a_rows.
+fn hoisted_a_block(u: u32, ka: KAddress) -> mat4x4<f32> {
+  switch u {
+    case 0u: {
+      return mat4x4<f32>(
+        hoisted_a(a_rows[0], ka), hoisted_a(a_rows[1], ka),
+        hoisted_a(a_rows[2], ka), hoisted_a(a_rows[3], ka),
+      );
+    }
+    case 1u: {
+      return mat4x4<f32>(
+        hoisted_a(a_rows[4], ka), hoisted_a(a_rows[5], ka),
+        hoisted_a(a_rows[6], ka), hoisted_a(a_rows[7], ka),
+      );
+    }
+    case 2u: {
+      return mat4x4<f32>(
+        hoisted_a(a_rows[8], ka), hoisted_a(a_rows[9], ka),
+        hoisted_a(a_rows[10], ka), hoisted_a(a_rows[11], ka),
+      );
+    }
+    default: {
+      return mat4x4<f32>(
+        hoisted_a(a_rows[12], ka), hoisted_a(a_rows[13], ka),
+        hoisted_a(a_rows[14], ka), hoisted_a(a_rows[15], ka),
+      );
+    }
+  }
+}
+
+// Fill a_rows for rows row0 .. row0 + 15 (written out: constant indices keep it in registers).
+fn hoist_rows(row0: u32) {
+  a_rows[0] = row_address(row0);
+  a_rows[1] = row_address(row0 + 1u);
+  a_rows[2] = row_address(row0 + 2u);
+  a_rows[3] = row_address(row0 + 3u);
+  a_rows[4] = row_address(row0 + 4u);
+  a_rows[5] = row_address(row0 + 5u);
+  a_rows[6] = row_address(row0 + 6u);
+  a_rows[7] = row_address(row0 + 7u);
+  a_rows[8] = row_address(row0 + 8u);
+  a_rows[9] = row_address(row0 + 9u);
+  a_rows[10] = row_address(row0 + 10u);
+  a_rows[11] = row_address(row0 + 11u);
+  a_rows[12] = row_address(row0 + 12u);
+  a_rows[13] = row_address(row0 + 13u);
+  a_rows[14] = row_address(row0 + 14u);
+  a_rows[15] = row_address(row0 + 15u);
+}
+
 // ---- 4 x 4 blocks of A and B, whatever the pass ----
 
 // A[m .. m + 3, k .. k + 3] as a matrix whose column j is row m + j over the 4 k (m, k multiples
@@ -586,6 +735,14 @@ fn multiply_direct(row0: u32, col0: u32, k: u32, k_end: u32) {
     q3 = load_b_block(k, col0 + 12u, k_end);
   }
   let b = b_rows(load_b_block(k, col0, k_end), q1, q2, q3);
+  if (HOISTED_ROWS) {
+    let ka = k_address(k);
+    update_rows(0u, hoisted_a_block(0u, ka), b);
+    update_rows(1u, hoisted_a_block(1u, ka), b);
+    update_rows(2u, hoisted_a_block(2u, ka), b);
+    update_rows(3u, hoisted_a_block(3u, ka), b);
+    return;
+  }
   update_rows(0u, load_a_block(row0, k, k_end), b);
   update_rows(1u, load_a_block(row0 + 4u, k, k_end), b);
   update_rows(2u, load_a_block(row0 + 8u, k, k_end), b);
@@ -695,6 +852,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       multiply_staged(tx, ty);
     }
   } else {
+    if (HOISTED_ROWS) {
+      hoist_rows(row0);
+    }
     for (var k = k_begin; k < k_end; k += 4u) {
       multiply_direct(row0, col0, k, k_end);
     }
