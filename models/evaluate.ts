@@ -506,7 +506,18 @@ export function evaluationIndices(
   return { bankIndices, testIndices: Uint32Array.from({ length: testSize }, (_, i) => i) };
 }
 
-/** Features of a seeded subset of the training split and of the test split, then kNN and probe. */
+/** The features an evaluation extracted, and of which images: for a caller that looks again. */
+export interface EvaluatedFeatures {
+  bankIndices: Uint32Array;
+  testIndices: Uint32Array;
+  bank: FeatureSet;
+  test: FeatureSet;
+}
+
+/**
+ * Features of a seeded subset of the training split and of the test split, then kNN and probe.
+ * `keep` receives the features (the end-of-run pictures reuse them instead of a second pass).
+ */
 export async function evaluateBackbone(
   gpu: Gpu,
   backbone: ResNet,
@@ -514,6 +525,7 @@ export async function evaluateBackbone(
   test: ImageSource,
   options: EvaluationOptions,
   onProgress?: (what: string, done: number, total: number) => void,
+  keep?: (features: EvaluatedFeatures) => void,
 ): Promise<EvaluationResult> {
   const start = performance.now();
   const { bankIndices, testIndices } = evaluationIndices(train, test, options);
@@ -540,6 +552,7 @@ export async function evaluateBackbone(
     temperature: options.knnTemperature,
     blockRows: options.knnBlockRows,
   });
+  keep?.({ bankIndices, testIndices, bank, test: testFeatures });
   const result: EvaluationResult = { knnTop1, bankSize, testSize, seconds: 0 };
   if (options.probeEpochs > 0) {
     onProgress?.("linear probe", 0, 1);

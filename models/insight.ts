@@ -5,7 +5,13 @@
  */
 import type { Gpu } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
-import { evaluationIndices, extractFeatures, type ImageSource, knnClassify } from "./evaluate.ts";
+import {
+  type EvaluatedFeatures,
+  evaluationIndices,
+  extractFeatures,
+  type ImageSource,
+  knnClassify,
+} from "./evaluate.ts";
 import type { ResNet } from "./resnet.ts";
 
 /** Rows scaled to unit length (zero rows stay zero). */
@@ -254,6 +260,15 @@ export interface InsightOptions {
   mapPoints: number;
   seed: number;
   batchSize: number;
+  /**
+   * Features an evaluation already extracted (`evaluateBackbone`'s `keep`): used when they are of
+   * the same images, so the pictures cost no second pass over the bank and the test split.
+   */
+  features?: EvaluatedFeatures;
+}
+
+function sameIndices(a: Uint32Array, b: Uint32Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 /** Numbers behind the pictures; indices refer to the train (bank) and test splits. */
@@ -286,22 +301,27 @@ export async function inspectBackbone(
   // The images evaluateBackbone looks at, so the numbers agree with its kNN top-1.
   const { bankIndices, testIndices } = evaluationIndices(train, test, options);
   const testSize = testIndices.length;
-  const bank = await extractFeatures(
-    gpu,
-    backbone,
-    train,
-    bankIndices,
-    options.batchSize,
-    (d, t) => onProgress?.("features (train)", d, t),
-  );
-  const testSet = await extractFeatures(
-    gpu,
-    backbone,
-    test,
-    testIndices,
-    options.batchSize,
-    (d, t) => onProgress?.("features (test)", d, t),
-  );
+  const known = options.features;
+  const bank = known && sameIndices(known.bankIndices, bankIndices)
+    ? known.bank
+    : await extractFeatures(
+      gpu,
+      backbone,
+      train,
+      bankIndices,
+      options.batchSize,
+      (d, t) => onProgress?.("features (train)", d, t),
+    );
+  const testSet = known && sameIndices(known.testIndices, testIndices)
+    ? known.test
+    : await extractFeatures(
+      gpu,
+      backbone,
+      test,
+      testIndices,
+      options.batchSize,
+      (d, t) => onProgress?.("features (test)", d, t),
+    );
   const classes = train.classes;
   const { predictions: predicted } = await knnClassify(gpu, bank, testSet, classes, {
     k: options.knnK,

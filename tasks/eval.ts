@@ -6,7 +6,7 @@
  */
 import { acquireGpu } from "../runtime/gpu.ts";
 import { backboneFromCheckpoint } from "../models/load.ts";
-import { evaluateBackbone } from "../models/evaluate.ts";
+import { evaluateBackbone, type EvaluatedFeatures } from "../models/evaluate.ts";
 import { writeFileAtomic } from "../models/safetensors.ts";
 import { writeInsightPictures } from "./pictures.ts";
 import { DATASET_NAMES, loadDataset } from "../data/dataset.ts";
@@ -111,6 +111,7 @@ async function main(): Promise<number> {
   const { backbone } = backboneFromCheckpoint(gpu, checkpoint, flags.checkpoint);
   const state = checkpoint.state;
   const progress = new Progress();
+  let evaluated: EvaluatedFeatures | undefined;
   const result = await evaluateBackbone(
     gpu,
     backbone,
@@ -118,6 +119,7 @@ async function main(): Promise<number> {
     test,
     options,
     (what, done, total) => progress.update(`${what} ${done}/${total}`),
+    (features) => evaluated = features,
   );
   let report: Record<string, unknown> = {
     checkpoint: flags.checkpoint,
@@ -140,6 +142,7 @@ async function main(): Promise<number> {
         mapPoints,
         seed: options.seed,
         batchSize: options.batchSize,
+        features: evaluated,
       },
       out.replace(/\.json$/, ""),
       (what, done, total) => progress.update(`${what} ${done}/${total}`),

@@ -10,6 +10,7 @@ import { SslModel, sslModelConfig } from "../models/ssl.ts";
 import { Schedule } from "../models/schedule.ts";
 import { checkBatchFits } from "../models/memory.ts";
 import { DivergedError, TrainingLog } from "../models/training_log.ts";
+import type { EvaluatedFeatures } from "../models/evaluate.ts";
 import { assertSameConfig, broadcastText, GradientSync } from "../models/data_parallel.ts";
 import { type Collective, openMpi } from "../runtime/mpi.ts";
 import { formatDuration, positiveInt, Progress, runMain, UserError } from "./cli.ts";
@@ -325,8 +326,9 @@ async function runTraining(
   interrupts.close();
   if (!lead) return 0;
   const trainSeconds = wall();
+  let evaluated: EvaluatedFeatures | undefined;
   const finalEval = evalData.bank
-    ? await evaluation.run(totalSteps, config.probeEpochs > 0)
+    ? await evaluation.run(totalSteps, config.probeEpochs > 0, (f) => evaluated = f)
     : undefined;
   // Unevaluated runs still get pictures of their own images (unlabelled: no class marks).
   const [pictureBank, pictureTest] = [evalData.bank ?? train, evalData.test ?? test];
@@ -348,6 +350,7 @@ async function runTraining(
       mapPoints: 1000,
       seed: config.seed,
       batchSize: EVAL_FORWARD_BATCH,
+      features: evaluated,
     },
     `${outDir}/insight`,
     (what, done, total) => progress.update(`pictures: ${what} ${done}/${total}`),

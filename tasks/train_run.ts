@@ -8,7 +8,11 @@ import { type Dataset, describeSkipped } from "../data/dataset.ts";
 import type { SslModel } from "../models/ssl.ts";
 import type { Schedule } from "../models/schedule.ts";
 import { loadCheckpoint, NonFiniteError, saveCheckpoint } from "../models/checkpoint.ts";
-import { evaluateBackbone, type EvaluationResult } from "../models/evaluate.ts";
+import {
+  evaluateBackbone,
+  type EvaluatedFeatures,
+  type EvaluationResult,
+} from "../models/evaluate.ts";
 import {
   DivergedError,
   metricsCsv,
@@ -146,7 +150,12 @@ export class EvaluationMonitor {
       done % this.config.evalEvery === 0 && done < this.totalSteps;
   }
 
-  async run(step: number, withProbe: boolean): Promise<EvaluationResult> {
+  /** `keep` receives the extracted features (see evaluateBackbone). */
+  async run(
+    step: number,
+    withProbe: boolean,
+    keep?: (features: EvaluatedFeatures) => void,
+  ): Promise<EvaluationResult> {
     const { bank, test } = this.data;
     if (!bank || !test) throw new Error("EvaluationMonitor.run: the run has no evaluation data");
     const result = await evaluateBackbone(
@@ -156,6 +165,7 @@ export class EvaluationMonitor {
       test,
       evaluationOptions(this.config, withProbe),
       (what, done, total) => this.progress.update(`eval at step ${step}: ${what} ${done}/${total}`),
+      keep,
     );
     await this.log.append({
       step,

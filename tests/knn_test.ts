@@ -6,6 +6,7 @@ import { Context } from "../models/layers.ts";
 import { ResNet } from "../models/resnet.ts";
 import {
   evaluateBackbone,
+  type EvaluatedFeatures,
   extractFeatures,
   FeatureSet,
   type ImageSource,
@@ -14,6 +15,7 @@ import {
   type KnnOptions,
   linearProbe,
 } from "../models/evaluate.ts";
+import { inspectBackbone } from "../models/insight.ts";
 
 /** float64 reference: stable sort by similarity descending, ties by bank index. */
 function knnReference(
@@ -375,7 +377,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "evaluate: a backbone's bank extracted and searched in blocks of 5 = in one block",
+  name: "evaluate: a backbone's bank extracted and searched in blocks of 5 = in one block; " +
+    "the pictures reuse its features",
   ...gpuTest,
   fn: async () => {
     const gpu = await testGpu();
@@ -435,6 +438,41 @@ Deno.test({
     assert.equal(many.knnTop1, one.knnTop1);
     assert.equal(many.linearTop1, one.linearTop1);
     assert.equal(many.linearTop5, one.linearTop5);
+    // The pictures reuse an evaluation's features (a blocked bank too): the same insight as their
+    // own extraction, without a second pass over the images.
+    let kept: EvaluatedFeatures | undefined;
+    await evaluateBackbone(
+      gpu,
+      backbone,
+      train,
+      test,
+      { ...options, knnBlockRows: 5, probeEpochs: 0 },
+      undefined,
+      (features) => kept = features,
+    );
+    assert.equal(kept!.bank.blocks.length, 8);
+    const insightOptions = { ...options, neighbours: 4, mapPoints: 12 };
+    const fresh = await inspectBackbone(gpu, backbone, train, test, insightOptions);
+    const passes: string[] = [];
+    const reused = await inspectBackbone(
+      gpu,
+      backbone,
+      train,
+      test,
+      { ...insightOptions, features: kept },
+      (what) => passes.push(what),
+    );
+    assert.deepEqual(reused, fresh);
+    assert.equal(reused.knnTop1, one.knnTop1);
+    assert.deepEqual(passes, ["retrieval", "t-SNE map"]);
+    // Features of other images (a smaller bank) are not taken for these.
+    const other = await inspectBackbone(gpu, backbone, train, test, {
+      ...insightOptions,
+      bankSize: 20,
+      features: kept,
+    }, (what) => passes.push(what));
+    assert.ok(passes.includes("features (train)"), passes.join(", "));
+    assert.ok(other.neighbours.flat().every((j) => j < 40));
     for (const p of backbone.parameters()) p.value.release();
   },
 });
