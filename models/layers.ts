@@ -4,7 +4,7 @@
  * can run forward on several batches (both views) before the backward passes pop them in reverse.
  * Parameter gradients accumulate (+=) until `zeroGrads`, which is how micro-batches accumulate.
  */
-import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { type Gpu, Tensor } from "../runtime/gpu.ts";
 import type { Rng } from "../runtime/random.ts";
 import { fill } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
@@ -107,6 +107,133 @@ function newParameter(
     excludeFromLars,
     layout,
   };
+}
+
+/**
+ * Bytes from one tensor's start to the next in a flat buffer: a multiple of every device's
+ * storage-binding offset alignment (256 on most GPUs, 32 on lavapipe), so each tensor still binds
+ * on its own, and the layout is the same on every device.
+ */
+const FLAT_ALIGN_BYTES = 256;
+
+/** Where each tensor of a flat buffer lives, in elements. */
+export interface FlatLayout {
+  names: string[];
+  offsets: number[];
+  sizes: number[];
+  /** Elements in the whole buffer (the last tensor's slot padded to the alignment). */
+  length: number;
+}
+
+/** Tensors moved into one buffer: the whole buffer and a view per tensor, in order. */
+export interface FlatTensors {
+  layout: FlatLayout;
+  flat: Tensor;
+  views: Tensor[];
+}
+
+function flatLayout(gpu: Gpu, tensors: { name: string; value: Tensor }[]): FlatLayout {
+  const align = Math.max(FLAT_ALIGN_BYTES, gpu.limits.minStorageBufferOffsetAlignment) / 4;
+  const offsets: number[] = [];
+  let length = 0;
+  for (const { name, value } of tensors) {
+    if (value.dtype !== "f32") throw new Error(`flat storage: ${name} is not f32`);
+    offsets.push(length);
+    length += Math.max(align, Math.ceil(value.size / align) * align);
+  }
+  return {
+    names: tensors.map((t) => t.name),
+    offsets,
+    sizes: tensors.map((t) => t.value.size),
+    length,
+  };
+}
+
+/** A zero-filled flat buffer of `layout` and its views in the given shapes. */
+export function flatZeros(gpu: Gpu, layout: FlatLayout, shapes: number[][]): FlatTensors {
+  const flat = gpu.zeros([layout.length]);
+  const views = layout.offsets.map((offset, i) => {
+    const end = layout.offsets[i + 1] ?? layout.length;
+    return new Tensor(
+      gpu,
+      [...shapes[i]],
+      "f32",
+      flat.buffer,
+      4 * offset,
+      false,
+      4 * (end - offset),
+    );
+  });
+  return { layout, flat, views };
+}
+
+/** Copy tensors into views of one new flat buffer (in encode order) and release them. */
+function moveIntoFlat(gpu: Gpu, layout: FlatLayout, tensors: Tensor[]): FlatTensors {
+  const moved = flatZeros(gpu, layout, tensors.map((t) => t.shape));
+  const encoder = gpu.currentEncoder();
+  tensors.forEach((t, i) => {
+    if (t.byteLength > 0) {
+      encoder.copyBufferToBuffer(
+        t.buffer,
+        t.byteOffset,
+        moved.flat.buffer,
+        4 * layout.offsets[i],
+        t.byteLength,
+      );
+    }
+    t.release();
+  });
+  return moved;
+}
+
+/** A module's parameters after {@link flattenParameters}: values and gradients, one buffer each. */
+export interface FlatParameters {
+  layout: FlatLayout;
+  values: Tensor;
+  grads: Tensor;
+}
+
+/**
+ * Move parameters' values and gradients into one flat buffer each (the same layout; each tensor
+ * starts at a multiple of 256 bytes) and point the parameters at their views, so one dispatch can
+ * zero every gradient or update every tensor. The parameters must not be in flat storage yet.
+ */
+export function flattenParameters(gpu: Gpu, parameters: Parameter[]): FlatParameters {
+  const layout = flatLayout(gpu, parameters);
+  const values = moveIntoFlat(gpu, layout, parameters.map((p) => p.value));
+  const grads = moveIntoFlat(gpu, layout, parameters.map((p) => p.grad));
+  parameters.forEach((p, i) => {
+    p.value = values.views[i];
+    p.grad = grads.views[i];
+  });
+  return { layout, values: values.flat, grads: grads.flat };
+}
+
+/** Move state tensors (BatchNorm running statistics) into one flat buffer, like parameters. */
+export function flattenStates(
+  gpu: Gpu,
+  states: StateTensor[],
+): { layout: FlatLayout; values: Tensor } {
+  const layout = flatLayout(gpu, states);
+  const values = moveIntoFlat(gpu, layout, states.map((s) => s.value));
+  states.forEach((s, i) => {
+    s.value = values.views[i];
+  });
+  return { layout, values: values.flat };
+}
+
+/**
+ * Whether `prefix` lays out its tensors exactly as the first ones of `layout` (same names and
+ * sizes, hence the same offsets): then the first `prefix.length` elements of the two buffers
+ * correspond element by element.
+ */
+export function isLayoutPrefix(prefix: FlatLayout, layout: FlatLayout): boolean {
+  return prefix.names.length <= layout.names.length &&
+    prefix.names.every((name, i) =>
+      name === layout.names[i] && prefix.sizes[i] === layout.sizes[i] &&
+      prefix.offsets[i] === layout.offsets[i]
+    ) &&
+    (layout.offsets[prefix.names.length] ?? layout.length) === prefix.length;
 }
 
 /** Set every parameter gradient of a module to zero. */
@@ -237,10 +364,19 @@ export class BatchNorm implements Module {
     this.scratchStats = [gpu.zeros([channels]), gpu.zeros([channels])];
   }
 
-  forward(x: Tensor): Tensor {
+  /**
+   * y = bn(x), then + `residual` (a tensor of x's shape: a ResNet block's shortcut, fused into
+   * the same pass), then the ReLU when the layer has one; the backward masks by this y.
+   */
+  forward(x: Tensor, residual?: Tensor): Tensor {
     const c = this.channels;
     if (x.shape[x.shape.length - 1] !== c) {
       throw new Error(`${this.weight.name}: expected ${c} channels last, got [${x.shape}]`);
+    }
+    if (residual && residual.size !== x.size) {
+      throw new Error(
+        `${this.weight.name}: residual [${residual.shape}] does not match the input [${x.shape}]`,
+      );
     }
     const rows = x.size / c;
     const gpu = this.ctx.gpu;
@@ -248,7 +384,7 @@ export class BatchNorm implements Module {
     const shape = { rows, channels: c, eps: this.eps, momentum: this.momentum };
     const x2 = x.reshape([rows, c]);
     const y2 = y.reshape([rows, c]);
-    const options = { relu: this.relu };
+    const options = { relu: this.relu, residual: residual?.reshape([rows, c]) };
     if (this.ctx.mode === "eval") {
       batchNormEvalForward(
         gpu,

@@ -3,19 +3,23 @@
  * two views -> online forward both -> target forward both (no grad) -> loss -> backward ->
  * LARS -> EMA. The InfoNCE baseline (SimCLR) uses the online projector of both views instead.
  */
-import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { type Gpu, Tensor } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
-import { scale } from "../kernels/elementwise.ts";
-import { larsStep } from "../kernels/optimizer.ts";
-import { emaUpdate } from "../kernels/ema.ts";
+import { fill, scale } from "../kernels/elementwise.ts";
+import { LarsSegments, larsStepFlat } from "../kernels/optimizer.ts";
+import { emaUpdateFlat } from "../kernels/ema.ts";
 import { type LossConfig, SslLoss } from "./loss.ts";
 import {
   type BatchCounter,
   Context,
+  type FlatParameters,
+  flattenParameters,
+  flattenStates,
+  flatZeros,
+  isLayoutPrefix,
   type Module,
   type Parameter,
   type StateTensor,
-  zeroGrads,
 } from "./layers.ts";
 import { ResNet, type ResNetConfig } from "./resnet.ts";
 import { Mlp } from "./heads.ts";
@@ -143,11 +147,19 @@ export class SslModel {
   readonly online: Branch;
   readonly target: Branch;
   readonly loss: SslLoss;
+  /** LARS velocity per online parameter: views into one flat buffer laid out as the values. */
   readonly velocity: Tensor[];
   /** |w| and |g| of every online parameter at the last step (LARS computes them). */
   readonly norms: Tensor;
   private onlineCtx: Context;
   private targetCtx: Context;
+  /** Online values and gradients in flat buffers (one dispatch zeroes, one updates them all). */
+  private onlineFlat: FlatParameters;
+  private velocityFlat: Tensor;
+  private larsSegments: LarsSegments;
+  /** The EMA's tensors: target parameters and states, and the online buffers' matching prefixes. */
+  private emaTargets: [Tensor] | [Tensor, Tensor];
+  private emaOnlines: [Tensor] | [Tensor, Tensor];
 
   constructor(
     readonly gpu: Gpu,
@@ -162,28 +174,49 @@ export class SslModel {
     this.online = new Branch(this.onlineCtx, config, true, new Rng(seed));
     // The target starts as a copy: same seed, same initial values, then copied exactly below.
     this.target = new Branch(this.targetCtx, config, false, new Rng(seed));
+    // Flat storage: the target mirrors the online backbone and projector, which come first in
+    // the online buffers, so the EMA pairs the target's buffers with prefixes of the online ones.
+    const parameters = this.online.parameters();
+    this.onlineFlat = flattenParameters(gpu, parameters);
+    const targetFlat = flattenParameters(gpu, this.target.parameters());
+    const onlineStates = flattenStates(gpu, this.online.states());
+    const targetStates = flattenStates(gpu, this.target.states());
+    if (
+      !isLayoutPrefix(targetFlat.layout, this.onlineFlat.layout) ||
+      !isLayoutPrefix(targetStates.layout, onlineStates.layout)
+    ) {
+      throw new Error("SslModel: the target's tensors are not the online network's first ones");
+    }
+    const prefix = (flat: Tensor, length: number) =>
+      new Tensor(gpu, [length], "f32", flat.buffer, 0, false);
+    const onlineParams = prefix(this.onlineFlat.values, targetFlat.layout.length);
+    if (targetStates.layout.length > 0) {
+      this.emaTargets = [targetFlat.values, targetStates.values];
+      this.emaOnlines = [onlineParams, prefix(onlineStates.values, targetStates.layout.length)];
+    } else {
+      this.emaTargets = [targetFlat.values];
+      this.emaOnlines = [onlineParams];
+    }
     this.copyOnlineToTarget();
     this.loss = new SslLoss(gpu, config.loss, batch, config.projectorOut);
-    this.velocity = this.online.parameters().map((p) => gpu.zeros(p.value.shape));
-    this.norms = gpu.zeros([2 * this.online.parameters().length]);
-  }
-
-  /** Online parameters and states that the target mirrors, paired by name. */
-  private pairs(): [Tensor, Tensor][] {
-    const online = new Map<string, Tensor>();
-    for (const p of this.online.parameters()) online.set(p.name, p.value);
-    for (const s of this.online.states()) online.set(s.name, s.value);
-    const targets = [
-      ...this.target.parameters().map((p) => [p.name, p.value] as const),
-      ...this.target.states().map((s) => [s.name, s.value] as const),
-    ];
-    return targets.map(([name, t]) => [t, online.get(name)!]);
+    const velocity = flatZeros(gpu, this.onlineFlat.layout, parameters.map((p) => p.value.shape));
+    this.velocityFlat = velocity.flat;
+    this.velocity = velocity.views;
+    this.norms = gpu.zeros([2 * parameters.length]);
+    this.larsSegments = new LarsSegments(
+      gpu,
+      parameters.map((p, i) => ({
+        offset: this.onlineFlat.layout.offsets[i],
+        size: p.value.size,
+        excluded: p.excludeFromLars,
+      })),
+      this.onlineFlat.layout.length,
+    );
   }
 
   /** Make the target an exact copy of the online network (initialisation). */
   copyOnlineToTarget(): void {
-    const pairs = this.pairs();
-    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), 0);
+    emaUpdateFlat(this.gpu, this.emaTargets, this.emaOnlines, 0);
   }
 
   /**
@@ -202,7 +235,7 @@ export class SslModel {
    * this and {@link update}.
    */
   accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
-    zeroGrads(this.gpu, this.online);
+    fill(this.gpu, this.onlineFlat.grads, 0);
     const gradScale = 1 / microBatches.length;
     microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
       if (this.config.loss.kind === "infonce") {
@@ -231,18 +264,12 @@ export class SslModel {
 
   /** LARS on the online parameters with the current gradients, then the target's EMA. */
   update(lr: number, emaMomentum: number): void {
-    const { momentum, weightDecay, eta } = this.lars;
-    this.online.parameters().forEach((p, i) => {
-      larsStep(this.gpu, p.value, p.grad, this.velocity[i], this.norms, 2 * i, {
-        lr,
-        momentum,
-        weightDecay,
-        eta,
-        excluded: p.excludeFromLars,
-      });
+    const { values, grads } = this.onlineFlat;
+    larsStepFlat(this.gpu, values, grads, this.velocityFlat, this.norms, this.larsSegments, {
+      lr,
+      ...this.lars,
     });
-    const pairs = this.pairs();
-    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), emaMomentum);
+    emaUpdateFlat(this.gpu, this.emaTargets, this.emaOnlines, emaMomentum);
   }
 
   /** Loss values written per optimizer step (directions x micro-batches). */
