@@ -176,6 +176,7 @@ export {
   SslModel,
   type SslModelConfig,
   sslModelConfig,
+  type SslModelOptions,
   type SslRecipe,
 } from "./models/ssl.ts";
 /** The smallest rank k whose negative deputy is a false negative with probability <= epsilon. */

@@ -43,38 +43,49 @@ function checkPair(caller: string, i: number, target: Tensor, online: Tensor): v
 }
 
 /**
- * The same update for one or two pairs of flat tensors (a model's flat parameters and its flat
- * BatchNorm statistics) in one dispatch. The two targets must lie in different buffers.
+ * The same update for pairs of flat tensors (a model's flat parameter buffers and its flat
+ * BatchNorm statistics), two pairs per dispatch. Every target must lie in its own buffer, apart
+ * from every online tensor.
  */
 export function emaUpdateFlat(
   gpu: Gpu,
-  targets: [Tensor] | [Tensor, Tensor],
-  onlines: [Tensor] | [Tensor, Tensor],
+  targets: Tensor[],
+  onlines: Tensor[],
   momentum: number,
 ): void {
-  if (targets.length !== onlines.length) {
+  if (targets.length !== onlines.length || targets.length === 0) {
     throw new Error(
-      `emaUpdateFlat: ${targets.length} target tensors but ${onlines.length} online ones`,
+      `emaUpdateFlat: ${targets.length} target tensors but ${onlines.length} online ones ` +
+        "(one per target, at least one)",
     );
   }
   if (!(momentum >= 0 && momentum <= 1)) {
     throw new Error(`emaUpdateFlat: momentum ${momentum} outside [0, 1]`);
   }
   targets.forEach((target, i) => checkPair("emaUpdateFlat", i, target, onlines[i]));
-  const [target, second] = targets;
-  const [online, onlineSecond] = onlines;
-  if (second && (second.buffer === target.buffer || onlineSecond!.buffer === target.buffer)) {
-    throw new Error("emaUpdateFlat: the second pair shares a buffer with the first target");
-  }
-  const total = target.size + (second?.size ?? 0);
-  gpu.dispatch(gpu.kernel(EMA, { entryPoint: second ? "pair" : "main" }), {
-    uniforms: packUniforms([
-      ["u32", target.size],
-      ["f32", 1 - momentum],
-      ["u32", second?.size ?? 0],
-      ["u32", 0],
-    ]),
-    storage: second ? { online, target, onlineSecond, targetSecond: second } : { online, target },
-    workgroups: grid1d(ceilDiv(total, 1024), gpu.limits.maxComputeWorkgroupsPerDimension),
+  const onlineBuffers = new Set(onlines.map((t) => t.buffer));
+  targets.forEach((target, i) => {
+    if (
+      onlineBuffers.has(target.buffer) || targets.findIndex((t) => t.buffer === target.buffer) !== i
+    ) {
+      throw new Error(
+        `emaUpdateFlat: target ${i} shares a buffer with another target or an online tensor`,
+      );
+    }
   });
+  for (let i = 0; i < targets.length; i += 2) {
+    const [target, online] = [targets[i], onlines[i]];
+    const [second, onlineSecond] = [targets[i + 1], onlines[i + 1]];
+    const total = target.size + (second?.size ?? 0);
+    gpu.dispatch(gpu.kernel(EMA, { entryPoint: second ? "pair" : "main" }), {
+      uniforms: packUniforms([
+        ["u32", target.size],
+        ["f32", 1 - momentum],
+        ["u32", second?.size ?? 0],
+        ["u32", 0],
+      ]),
+      storage: second ? { online, target, onlineSecond, targetSecond: second } : { online, target },
+      workgroups: grid1d(ceilDiv(total, 1024), gpu.limits.maxComputeWorkgroupsPerDimension),
+    });
+  }
 }

@@ -113,15 +113,24 @@ export interface TensorSegment {
 export type LarsHyperParameters = Omit<LarsOptions, "excluded">;
 
 /**
- * The segment table of {@link larsStepFlat}: uploaded once per model, checked against the
- * length of the flat buffers it indexes.
+ * The segment table of {@link larsStepFlat}: uploaded once per model (per flat buffer group),
+ * checked against the length of the flat buffers it indexes. Segment i's norms go to
+ * `norms[2 (firstNorm + i)]` and the next element, so several groups share one norms tensor.
  */
 export class LarsSegments {
   /** u32 [count, 3]: offset, length, excluded (1 or 0). */
   readonly table: Tensor;
   readonly count: number;
 
-  constructor(gpu: Gpu, readonly segments: readonly TensorSegment[], readonly length: number) {
+  constructor(
+    gpu: Gpu,
+    readonly segments: readonly TensorSegment[],
+    readonly length: number,
+    readonly firstNorm = 0,
+  ) {
+    if (!Number.isInteger(firstNorm) || firstNorm < 0) {
+      throw new Error(`LarsSegments: firstNorm ${firstNorm} is not a non-negative integer`);
+    }
     if (segments.length === 0) throw new Error("LarsSegments: no tensors");
     segments.forEach(({ offset, size }, i) => {
       if (!Number.isInteger(offset) || !Number.isInteger(size) || offset < 0 || size < 1) {
@@ -150,7 +159,8 @@ export class LarsSegments {
 /**
  * One LARS step on every tensor of flat weight, gradient and velocity buffers (the same layout
  * in all three), in one dispatch: each tensor's |w| and |g| by a fixed-order tree, then its
- * update. `norms[2i]` and `norms[2i + 1]` receive |w| and |g| of segment i (excluded ones too).
+ * update. `norms[2j]` and `norms[2j + 1]` receive |w| and |g| of segment i (excluded ones too),
+ * j = firstNorm + i.
  */
 export function larsStepFlat(
   gpu: Gpu,
@@ -168,9 +178,10 @@ export function larsStepFlat(
         `made for ${segments.length}`,
     );
   }
-  if (norms.size < 2 * segments.count) {
+  const normsNeeded = 2 * (segments.firstNorm + segments.count);
+  if (norms.size < normsNeeded) {
     throw new Error(
-      `larsStepFlat: norms has ${norms.size} elements, needs 2 per tensor (${2 * segments.count})`,
+      `larsStepFlat: norms has ${norms.size} elements, needs 2 per tensor (${normsNeeded})`,
     );
   }
   gpu.dispatch(gpu.kernel(OPTIMIZER_FLAT, { entryPoint: "lars" }), {
@@ -180,6 +191,7 @@ export function larsStepFlat(
       ["f32", options.momentum],
       ["f32", options.weightDecay],
       ["f32", options.eta],
+      ["u32", segments.firstNorm],
     ]),
     storage: { table: segments.table, grad, norms, weight, velocity },
     workgroups: grid1d(segments.count, gpu.limits.maxComputeWorkgroupsPerDimension),

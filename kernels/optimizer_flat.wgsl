@@ -5,10 +5,12 @@
 // workgroup (deterministic, no atomics), then METHOD.md's update as in optimizer.wgsl:
 //   trust = excluded ? 1 : (|w| > 0 && |g| > 0 ? eta*|w| / (|g| + wd*|w|) : 1)
 //   v <- mu*v + lr*trust*(g + wd*w);  w <- w - v          (wd = 0 when excluded)
-// norms[2s] and norms[2s + 1] receive |w| and |g| of every segment (excluded ones too, so a
-// caller can watch them all for non-finite values).
-// Bindings: 0 uniform {segments, lr, momentum, weight_decay, eta}; 1 table (u32 [segments, 3]:
-// offset, length, excluded); 2 grad (read); 3 norms (read_write, f32 [2 * segments]);
+// norms[2j] and norms[2j + 1], j = first_norm + s, receive |w| and |g| of every segment (excluded
+// ones too, so a caller can watch them all for non-finite values; first_norm lets the groups of a
+// model too large for one flat buffer share one norms tensor).
+// Bindings: 0 uniform {segments, lr, momentum, weight_decay, eta, first_norm}; 1 table
+// (u32 [segments, 3]: offset, length, excluded); 2 grad (read); 3 norms (read_write,
+// f32 [2 * (first_norm + segments)]);
 // 4 weight (read_write); 5 velocity (read_write).
 // Dispatch: one workgroup of 256 per segment, folded into x-y (grid1d). A GPU would rather split
 // long tensors over several workgroups (a second pass for the norms); one pass suits CPU
@@ -20,6 +22,7 @@ struct Params {
   momentum: f32,
   weight_decay: f32,
   eta: f32,
+  first_norm: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -62,8 +65,9 @@ fn lars(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let w_norm = sqrt(partial_w[0]);
   let g_norm = sqrt(partial_g[0]);
   if (lid == 0u) {
-    norms[2u * segment] = w_norm;
-    norms[2u * segment + 1u] = g_norm;
+    let j = params.first_norm + segment;
+    norms[2u * j] = w_norm;
+    norms[2u * j + 1u] = g_norm;
   }
   var trust = 1.0;
   var wd = 0.0;

@@ -116,37 +116,60 @@ function newParameter(
  */
 const FLAT_ALIGN_BYTES = 256;
 
-/** Where each tensor of a flat buffer lives, in elements. */
+/**
+ * Where each tensor of one flat buffer lives, in elements. Tensors too many for one buffer (one
+ * binding holds at most the adapter's maxStorageBufferBindingSize: 128 MiB on lavapipe, less than
+ * ResNet-50's parameters) are split into groups, a flat buffer each, in order.
+ */
 export interface FlatLayout {
   names: string[];
   offsets: number[];
   sizes: number[];
   /** Elements in the whole buffer (the last tensor's slot padded to the alignment). */
   length: number;
+  /** Index of this group's first tensor among all the tensors flattened together. */
+  first: number;
 }
 
-/** Tensors moved into one buffer: the whole buffer and a view per tensor, in order. */
+/** One group of tensors moved into one buffer: the whole buffer and a view per tensor, in order. */
 export interface FlatTensors {
   layout: FlatLayout;
   flat: Tensor;
   views: Tensor[];
 }
 
-function flatLayout(gpu: Gpu, tensors: { name: string; value: Tensor }[]): FlatLayout {
+/**
+ * Lay tensors out in flat buffers of at most `maxGroupBytes` each (greedy, in order, so a list's
+ * first tensors are grouped the same whatever follows them).
+ */
+function flatLayouts(
+  gpu: Gpu,
+  tensors: { name: string; value: Tensor }[],
+  maxGroupBytes: number,
+): FlatLayout[] {
   const align = Math.max(FLAT_ALIGN_BYTES, gpu.limits.minStorageBufferOffsetAlignment) / 4;
-  const offsets: number[] = [];
-  let length = 0;
-  for (const { name, value } of tensors) {
+  const maxLength = Math.floor(maxGroupBytes / 4);
+  const layouts: FlatLayout[] = [];
+  let current: FlatLayout | undefined;
+  tensors.forEach(({ name, value }, i) => {
     if (value.dtype !== "f32") throw new Error(`flat storage: ${name} is not f32`);
-    offsets.push(length);
-    length += Math.max(align, Math.ceil(value.size / align) * align);
-  }
-  return {
-    names: tensors.map((t) => t.name),
-    offsets,
-    sizes: tensors.map((t) => t.value.size),
-    length,
-  };
+    const slot = Math.max(align, Math.ceil(value.size / align) * align);
+    if (slot > maxLength) {
+      throw new Error(
+        `flat storage: ${name} needs ${4 * slot} bytes, over the ${maxGroupBytes}-byte limit ` +
+          "of one flat buffer",
+      );
+    }
+    if (!current || current.length + slot > maxLength) {
+      current = { names: [], offsets: [], sizes: [], length: 0, first: i };
+      layouts.push(current);
+    }
+    current.names.push(name);
+    current.offsets.push(current.length);
+    current.sizes.push(value.size);
+    current.length += slot;
+  });
+  return layouts;
 }
 
 /** A zero-filled flat buffer of `layout` and its views in the given shapes. */
@@ -186,7 +209,7 @@ function moveIntoFlat(gpu: Gpu, layout: FlatLayout, tensors: Tensor[]): FlatTens
   return moved;
 }
 
-/** A module's parameters after {@link flattenParameters}: values and gradients, one buffer each. */
+/** One group of parameters after {@link flattenParameters}: values and gradients, a buffer each. */
 export interface FlatParameters {
   layout: FlatLayout;
   values: Tensor;
@@ -194,46 +217,63 @@ export interface FlatParameters {
 }
 
 /**
- * Move parameters' values and gradients into one flat buffer each (the same layout; each tensor
- * starts at a multiple of 256 bytes) and point the parameters at their views, so one dispatch can
- * zero every gradient or update every tensor. The parameters must not be in flat storage yet.
+ * Move parameters' values and gradients into flat buffers (one per group of at most
+ * `maxGroupBytes`, by default the adapter's storage binding limit; the same layout for values and
+ * gradients; each tensor starts at a multiple of 256 bytes) and point the parameters at their
+ * views, so one dispatch per group can zero every gradient or update every tensor. The parameters
+ * must not be in flat storage yet.
  */
-export function flattenParameters(gpu: Gpu, parameters: Parameter[]): FlatParameters {
-  const layout = flatLayout(gpu, parameters);
-  const values = moveIntoFlat(gpu, layout, parameters.map((p) => p.value));
-  const grads = moveIntoFlat(gpu, layout, parameters.map((p) => p.grad));
-  parameters.forEach((p, i) => {
-    p.value = values.views[i];
-    p.grad = grads.views[i];
+export function flattenParameters(
+  gpu: Gpu,
+  parameters: Parameter[],
+  maxGroupBytes = gpu.maxBindingBytes,
+): FlatParameters[] {
+  return flatLayouts(gpu, parameters, maxGroupBytes).map((layout) => {
+    const group = parameters.slice(layout.first, layout.first + layout.names.length);
+    const values = moveIntoFlat(gpu, layout, group.map((p) => p.value));
+    const grads = moveIntoFlat(gpu, layout, group.map((p) => p.grad));
+    group.forEach((p, i) => {
+      p.value = values.views[i];
+      p.grad = grads.views[i];
+    });
+    return { layout, values: values.flat, grads: grads.flat };
   });
-  return { layout, values: values.flat, grads: grads.flat };
 }
 
-/** Move state tensors (BatchNorm running statistics) into one flat buffer, like parameters. */
+/** Move state tensors (BatchNorm running statistics) into flat buffers, like parameters. */
 export function flattenStates(
   gpu: Gpu,
   states: StateTensor[],
-): { layout: FlatLayout; values: Tensor } {
-  const layout = flatLayout(gpu, states);
-  const values = moveIntoFlat(gpu, layout, states.map((s) => s.value));
-  states.forEach((s, i) => {
-    s.value = values.views[i];
+  maxGroupBytes = gpu.maxBindingBytes,
+): { layout: FlatLayout; values: Tensor }[] {
+  return flatLayouts(gpu, states, maxGroupBytes).map((layout) => {
+    const group = states.slice(layout.first, layout.first + layout.names.length);
+    const values = moveIntoFlat(gpu, layout, group.map((s) => s.value));
+    group.forEach((s, i) => {
+      s.value = values.views[i];
+    });
+    return { layout, values: values.flat };
   });
-  return { layout, values: values.flat };
 }
 
 /**
- * Whether `prefix` lays out its tensors exactly as the first ones of `layout` (same names and
- * sizes, hence the same offsets): then the first `prefix.length` elements of the two buffers
- * correspond element by element.
+ * Whether the groups `prefix` lay out their tensors exactly as the first ones of `layouts` (same
+ * names, sizes and groups, hence the same offsets): then the first `prefix[g].length` elements of
+ * group g's buffers correspond element by element (every group but the last one whole).
  */
-export function isLayoutPrefix(prefix: FlatLayout, layout: FlatLayout): boolean {
-  return prefix.names.length <= layout.names.length &&
-    prefix.names.every((name, i) =>
-      name === layout.names[i] && prefix.sizes[i] === layout.sizes[i] &&
-      prefix.offsets[i] === layout.offsets[i]
-    ) &&
-    (layout.offsets[prefix.names.length] ?? layout.length) === prefix.length;
+export function isLayoutPrefix(prefix: FlatLayout[], layouts: FlatLayout[]): boolean {
+  if (prefix.length > layouts.length) return false;
+  return prefix.every((p, g) => {
+    const layout = layouts[g];
+    const last = g === prefix.length - 1;
+    return p.first === layout.first && p.names.length <= layout.names.length &&
+      (last || p.names.length === layout.names.length) &&
+      p.names.every((name, i) =>
+        name === layout.names[i] && p.sizes[i] === layout.sizes[i] &&
+        p.offsets[i] === layout.offsets[i]
+      ) &&
+      (layout.offsets[p.names.length] ?? layout.length) === p.length;
+  });
 }
 
 /** Set every parameter gradient of a module to zero. */

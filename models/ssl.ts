@@ -142,24 +142,35 @@ export class Branch implements Module {
   }
 }
 
+/** How an {@link SslModel} stores its parameters. */
+export interface SslModelOptions {
+  /**
+   * Largest flat parameter buffer in bytes (default: the adapter's storage binding limit); a
+   * model larger than that is split into several (tests force small groups).
+   */
+  maxFlatGroupBytes?: number;
+}
+
 /** The online/target pair, its optimizer state and the loss. */
 export class SslModel {
   readonly online: Branch;
   readonly target: Branch;
   readonly loss: SslLoss;
-  /** LARS velocity per online parameter: views into one flat buffer laid out as the values. */
+  /** LARS velocity per online parameter: views into flat buffers laid out as the values. */
   readonly velocity: Tensor[];
   /** |w| and |g| of every online parameter at the last step (LARS computes them). */
   readonly norms: Tensor;
   private onlineCtx: Context;
   private targetCtx: Context;
-  /** Online values and gradients in flat buffers (one dispatch zeroes, one updates them all). */
-  private onlineFlat: FlatParameters;
-  private velocityFlat: Tensor;
-  private larsSegments: LarsSegments;
+  /**
+   * Online values, gradients and LARS velocity in flat buffers, grouped to fit one storage
+   * binding each (one group for the small presets): one dispatch per group zeroes every gradient,
+   * one updates every tensor.
+   */
+  private onlineGroups: { flat: FlatParameters; velocity: Tensor; segments: LarsSegments }[];
   /** The EMA's tensors: target parameters and states, and the online buffers' matching prefixes. */
-  private emaTargets: [Tensor] | [Tensor, Tensor];
-  private emaOnlines: [Tensor] | [Tensor, Tensor];
+  private emaTargets: Tensor[];
+  private emaOnlines: Tensor[];
 
   constructor(
     readonly gpu: Gpu,
@@ -167,6 +178,7 @@ export class SslModel {
     readonly batch: number,
     seed: number,
     readonly lars: LarsConfig,
+    options: SslModelOptions = {},
   ) {
     this.onlineCtx = new Context(gpu);
     this.targetCtx = new Context(gpu);
@@ -176,42 +188,51 @@ export class SslModel {
     this.target = new Branch(this.targetCtx, config, false, new Rng(seed));
     // Flat storage: the target mirrors the online backbone and projector, which come first in
     // the online buffers, so the EMA pairs the target's buffers with prefixes of the online ones.
+    const groupBytes = options.maxFlatGroupBytes ?? gpu.maxBindingBytes;
     const parameters = this.online.parameters();
-    this.onlineFlat = flattenParameters(gpu, parameters);
-    const targetFlat = flattenParameters(gpu, this.target.parameters());
-    const onlineStates = flattenStates(gpu, this.online.states());
-    const targetStates = flattenStates(gpu, this.target.states());
+    const onlineFlat = flattenParameters(gpu, parameters, groupBytes);
+    const targetFlat = flattenParameters(gpu, this.target.parameters(), groupBytes);
+    const onlineStates = flattenStates(gpu, this.online.states(), groupBytes);
+    const targetStates = flattenStates(gpu, this.target.states(), groupBytes);
     if (
-      !isLayoutPrefix(targetFlat.layout, this.onlineFlat.layout) ||
-      !isLayoutPrefix(targetStates.layout, onlineStates.layout)
+      !isLayoutPrefix(targetFlat.map((g) => g.layout), onlineFlat.map((g) => g.layout)) ||
+      !isLayoutPrefix(targetStates.map((g) => g.layout), onlineStates.map((g) => g.layout))
     ) {
       throw new Error("SslModel: the target's tensors are not the online network's first ones");
     }
     const prefix = (flat: Tensor, length: number) =>
       new Tensor(gpu, [length], "f32", flat.buffer, 0, false);
-    const onlineParams = prefix(this.onlineFlat.values, targetFlat.layout.length);
-    if (targetStates.layout.length > 0) {
-      this.emaTargets = [targetFlat.values, targetStates.values];
-      this.emaOnlines = [onlineParams, prefix(onlineStates.values, targetStates.layout.length)];
-    } else {
-      this.emaTargets = [targetFlat.values];
-      this.emaOnlines = [onlineParams];
-    }
+    this.emaTargets = [...targetFlat, ...targetStates].map((g) => g.values);
+    this.emaOnlines = [
+      ...targetFlat.map((g, i) => prefix(onlineFlat[i].values, g.layout.length)),
+      ...targetStates.map((g, i) => prefix(onlineStates[i].values, g.layout.length)),
+    ];
     this.copyOnlineToTarget();
     this.loss = new SslLoss(gpu, config.loss, batch, config.projectorOut);
-    const velocity = flatZeros(gpu, this.onlineFlat.layout, parameters.map((p) => p.value.shape));
-    this.velocityFlat = velocity.flat;
-    this.velocity = velocity.views;
     this.norms = gpu.zeros([2 * parameters.length]);
-    this.larsSegments = new LarsSegments(
-      gpu,
-      parameters.map((p, i) => ({
-        offset: this.onlineFlat.layout.offsets[i],
-        size: p.value.size,
-        excluded: p.excludeFromLars,
-      })),
-      this.onlineFlat.layout.length,
-    );
+    const groups = onlineFlat.map((flat) => {
+      const { layout } = flat;
+      const group = parameters.slice(layout.first, layout.first + layout.names.length);
+      const velocity = flatZeros(gpu, layout, group.map((p) => p.value.shape));
+      const segments = new LarsSegments(
+        gpu,
+        group.map((p, i) => ({
+          offset: layout.offsets[i],
+          size: p.value.size,
+          excluded: p.excludeFromLars,
+        })),
+        layout.length,
+        layout.first,
+      );
+      return { flat, velocity: velocity.flat, segments, views: velocity.views };
+    });
+    this.onlineGroups = groups;
+    this.velocity = groups.flatMap((g) => g.views);
+  }
+
+  /** How many flat buffer groups hold the online parameters (one LARS dispatch each). */
+  get flatGroups(): number {
+    return this.onlineGroups.length;
   }
 
   /** Make the target an exact copy of the online network (initialisation). */
@@ -235,7 +256,7 @@ export class SslModel {
    * this and {@link update}.
    */
   accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
-    fill(this.gpu, this.onlineFlat.grads, 0);
+    for (const { flat } of this.onlineGroups) fill(this.gpu, flat.grads, 0);
     const gradScale = 1 / microBatches.length;
     microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
       if (this.config.loss.kind === "infonce") {
@@ -264,11 +285,12 @@ export class SslModel {
 
   /** LARS on the online parameters with the current gradients, then the target's EMA. */
   update(lr: number, emaMomentum: number): void {
-    const { values, grads } = this.onlineFlat;
-    larsStepFlat(this.gpu, values, grads, this.velocityFlat, this.norms, this.larsSegments, {
-      lr,
-      ...this.lars,
-    });
+    for (const { flat, velocity, segments } of this.onlineGroups) {
+      larsStepFlat(this.gpu, flat.values, flat.grads, velocity, this.norms, segments, {
+        lr,
+        ...this.lars,
+      });
+    }
     emaUpdateFlat(this.gpu, this.emaTargets, this.emaOnlines, emaMomentum);
   }
 

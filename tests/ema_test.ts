@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import type { Tensor } from "../runtime/gpu.ts";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
 import { emaUpdate, emaUpdateFlat } from "../kernels/ema.ts";
 import { momentumAt } from "../models/schedule.ts";
@@ -65,21 +64,23 @@ Deno.test({
   },
 });
 
-for (const sizes of [[1, 3], [1000, 70_001], [70_001, 1], [3, 0]]) {
+for (const sizes of [[1, 3], [1000, 70_001], [70_001, 1], [3, 0], [5, 1000, 7]]) {
+  const dispatches = Math.ceil(sizes.length / 2);
   Deno.test({
-    name: `ema: flat update of two pairs in one dispatch (sizes ${sizes.join(", ")})`,
+    name: `ema: flat update of ${sizes.length} pairs in ${dispatches} dispatch(es) ` +
+      `(sizes ${sizes.join(", ")})`,
     ...gpuTest,
     fn: async () => {
       const gpu = await testGpu();
       const rng = new Rng(sizes[0] + sizes[1]);
       const online = sizes.map((n) => rng.normals(n));
       const target = sizes.map((n) => rng.normals(n));
-      const onlineT = online.map((a, i) => gpu.upload(a, [sizes[i]])) as [Tensor, Tensor];
-      const targetT = target.map((a, i) => gpu.upload(a, [sizes[i]])) as [Tensor, Tensor];
+      const onlineT = online.map((a, i) => gpu.upload(a, [sizes[i]]));
+      const targetT = target.map((a, i) => gpu.upload(a, [sizes[i]]));
       const m = momentumAt(300, 1000, 0.99);
       const before = gpu.dispatchCount;
       emaUpdateFlat(gpu, targetT, onlineT, m);
-      assert.ok(gpu.dispatchCount - before <= 1, "one dispatch");
+      assert.equal(gpu.dispatchCount - before, dispatches, "dispatches");
       const got = await gpu.read(targetT);
       // One f32 multiply-add around values of size ~1.
       sizes.forEach((n, i) => {
@@ -106,7 +107,7 @@ Deno.test({
     const other = gpu.zeros([3]);
     assert.throws(
       () => emaUpdateFlat(gpu, [target, target], [online, other], 0.5),
-      /second pair shares a buffer with the first target/,
+      /target 1 shares a buffer with another target/,
     );
     assert.throws(() => emaUpdateFlat(gpu, [target], [target], 0.5), /share a buffer/);
     assert.throws(() => emaUpdateFlat(gpu, [target], [online], 1.5), /outside \[0, 1\]/);

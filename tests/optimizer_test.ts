@@ -226,6 +226,64 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "optimizer: flat LARS groups sharing one norms tensor (firstNorm): the same update as one " +
+    "table, norms at each group's offset",
+  ...gpuTest,
+  fn: async () => {
+    const gpu = await testGpu();
+    const rng = new Rng(13);
+    const sizes = [300, 7, 1000];
+    const w = sizes.map((n) => rng.array(n));
+    const g = sizes.map((n) => rng.array(n, -0.01, 0.01));
+    const hyper = { lr: 0.3, momentum: 0.9, weightDecay: 1e-6, eta: 0.001 };
+    const upload = (a: Float32Array[]) => {
+      const flat = new Float32Array(a.reduce((n, x) => n + x.length, 0));
+      let o = 0;
+      for (const x of a) (flat.set(x, o), o += x.length);
+      return gpu.upload(flat, [flat.length]);
+    };
+    const segmentsOf = (group: number[], excludedFrom: number) =>
+      group.map((i, k) => ({
+        offset: group.slice(0, k).reduce((n, j) => n + sizes[j], 0),
+        size: sizes[i],
+        excluded: i === excludedFrom,
+      }));
+    // One table over the three tensors.
+    const whole = new LarsSegments(gpu, segmentsOf([0, 1, 2], 1), 1307);
+    const [ow, og, ov, on] = [upload(w), upload(g), gpu.zeros([1307]), gpu.zeros([6])];
+    larsStepFlat(gpu, ow, og, ov, on, whole, hyper);
+    // Two groups: tensor 0, then tensors 1 and 2 (norms from pair 1 on).
+    const first = new LarsSegments(gpu, segmentsOf([0], 1), 300, 0);
+    const second = new LarsSegments(gpu, segmentsOf([1, 2], 1), 1007, 1);
+    const norms = gpu.upload([9, 9, 9, 9, 9, 9, 9, 9], [8]);
+    const groups = [[0], [1, 2]].map((ids, k) => ({
+      w: upload(ids.map((i) => w[i])),
+      g: upload(ids.map((i) => g[i])),
+      v: gpu.zeros([k === 0 ? 300 : 1007]),
+      table: k === 0 ? first : second,
+    }));
+    for (const { w, g, v, table } of groups) larsStepFlat(gpu, w, g, v, norms, table, hyper);
+    const [wholeW, wholeNorms, gw0, gw1, gotNorms] = (await gpu.read([
+      ow,
+      on,
+      groups[0].w,
+      groups[1].w,
+      norms,
+    ])) as Float32Array[];
+    assert.deepEqual(Array.from(gw0), Array.from(wholeW.subarray(0, 300)), "group 0 weights");
+    assert.deepEqual(Array.from(gw1), Array.from(wholeW.subarray(300)), "group 1 weights");
+    assert.deepEqual(Array.from(gotNorms.subarray(0, 6)), Array.from(wholeNorms), "norms");
+    assert.deepEqual(Array.from(gotNorms.subarray(6)), [9, 9], "norms past the last group");
+    assert.throws(
+      () => larsStepFlat(gpu, groups[1].w, groups[1].g, groups[1].v, gpu.zeros([4]), second, hyper),
+      /needs 2 per tensor \(6\)/,
+    );
+    assert.throws(() => new LarsSegments(gpu, segmentsOf([0], 1), 300, -1), /firstNorm -1/);
+  },
+});
+
+Deno.test({
   name: "optimizer: flat LARS rejects tables that do not fit the buffers",
   ...gpuTest,
   fn: async () => {
