@@ -81,12 +81,14 @@ export {
   type Conv2dShape,
   conv2dWeightGrad,
 } from "./kernels/conv2d.ts";
-/** BatchNorm over [rows, C] (2d on NHWC, 1d on [N, C]): train, eval, backward; ReLU fusable. */
+/** BatchNorm over [rows, C] (2d on NHWC, 1d on [N, C]): train, eval, backward; ReLU and a
+ * residual add fusable. */
 export {
   batchNormBackward,
   batchNormEvalForward,
   type BatchNormShape,
   batchNormTrainForward,
+  type ForwardOptions as BatchNormForwardOptions,
 } from "./kernels/batchnorm.ts";
 /** Max pool (argmax saved) and global average pool, forward and backward. */
 export {
@@ -98,18 +100,29 @@ export {
   type MaxPoolWindow,
   type PoolShape,
 } from "./kernels/pool.ts";
-/** Residual add + ReLU (the end of a ResNet block) and its backward. */
-export { addRelu, addReluBackward } from "./kernels/residual.ts";
+/** Residual add + ReLU (the end of a ResNet block), its backward, and the masked gradient join. */
+export { addMasked, addRelu, addReluBackward } from "./kernels/residual.ts";
 /** Row L2 normalisation forward/backward (eps 1e-12). */
 export { l2normBackward, l2normForward } from "./kernels/l2norm.ts";
 /** Stable per-row bitonic sort carrying indices (ranks each row's negatives). */
 export { maxSortTile, type SortOptions, sortRows } from "./kernels/sort.ts";
 /** S = P_hat Z_hat^T: cosines between unit rows (the GEMM behind the SSL losses). */
 export { cosineSimilarity } from "./kernels/matmul.ts";
-/** EMA of the target network and METHOD.md's cosine momentum schedule. */
-export { emaUpdate } from "./kernels/ema.ts";
-/** LARS (METHOD.md) and SGD with momentum, as in-place WGSL updates. */
-export { type LarsOptions, larsStep, type SgdOptions, sgdStep } from "./kernels/optimizer.ts";
+/** EMA of the target network (per tensor, or flat buffers in one dispatch) (the momentum schedule:
+ * models/schedule.ts). */
+export { emaUpdate, emaUpdateFlat } from "./kernels/ema.ts";
+/** LARS (METHOD.md; per tensor, or every tensor of flat buffers in one dispatch) and SGD with
+ * momentum, as in-place WGSL updates. */
+export {
+  type LarsHyperParameters,
+  type LarsOptions,
+  LarsSegments,
+  larsStep,
+  larsStepFlat,
+  type SgdOptions,
+  sgdStep,
+  type TensorSegment,
+} from "./kernels/optimizer.ts";
 /** Weighted kNN vote (the kNN monitor). */
 export { type KnnCandidates, knnMerge, knnScores, knnVote } from "./kernels/knn.ts";
 /** Softmax cross-entropy with its gradient (linear probe). */
@@ -121,7 +134,14 @@ export {
   BatchNorm,
   Context,
   Conv2d,
+  type FlatLayout,
+  type FlatParameters,
+  flattenParameters,
+  type FlatTensors,
+  flattenStates,
+  flatZeros,
   GlobalAvgPool,
+  isLayoutPrefix,
   Linear,
   type LinearInit,
   MaxPool,
@@ -159,6 +179,7 @@ export {
   SslModel,
   type SslModelConfig,
   sslModelConfig,
+  type SslModelOptions,
   type SslRecipe,
 } from "./models/ssl.ts";
 /** The smallest rank k whose negative deputy is a false negative with probability <= epsilon. */

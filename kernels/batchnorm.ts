@@ -1,7 +1,8 @@
 /**
  * Batch normalisation over a [rows, C] matrix (BatchNorm2d on NHWC activations with
  * rows = N*H*W, BatchNorm1d with rows = N): training forward (batch statistics, running-stat
- * update), evaluation forward, and the training backward, each optionally fused with a ReLU.
+ * update), evaluation forward, and the training backward, each optionally fused with a ReLU (the
+ * forwards also with a residual added before it: a ResNet block's end in the same pass).
  * All reductions are deterministic two-pass column reductions (see batchnorm.wgsl).
  */
 import {
@@ -13,6 +14,7 @@ import {
   type Tensor,
 } from "../runtime/gpu.ts";
 import { kernelFile } from "../runtime/shader.ts";
+import { planDevice } from "./plan.ts";
 
 /** The matrix a BatchNorm sees, and its hyper-parameters (PyTorch defaults). */
 export interface BatchNormShape {
@@ -31,6 +33,19 @@ const WORKGROUP_THREADS = 256;
 const STATS_CHUNK = 8;
 /** Enough workgroups in a partial pass to fill a large GPU; more only adds partials to merge. */
 const TARGET_PARTIAL_WORKGROUPS = 512;
+/**
+ * Partial-pass workgroups per core on a CPU adapter: there each workgroup's tree merge and partial
+ * cost as much as many rows, and 512 small blocks made the backward 1.7-3.2x slower.
+ */
+const PARTIAL_WORKGROUPS_PER_CPU_SLOT = 8;
+
+/** How many workgroups a partial pass aims for on this device. */
+function partialWorkgroups(gpu: Gpu): number {
+  const device = planDevice(gpu);
+  return device.isFallback
+    ? PARTIAL_WORKGROUPS_PER_CPU_SLOT * device.parallelSlots
+    : TARGET_PARTIAL_WORKGROUPS;
+}
 const ELEMENTS_PER_WORKGROUP = WORKGROUP_THREADS * 4;
 
 /** Storage bindings 1..15 of batchnorm.wgsl; batchnorm_vec4.wgsl uses a subset, same numbers. */
@@ -50,6 +65,7 @@ const BINDINGS = [
   "dgamma",
   "dbeta",
   "dx",
+  "residual",
 ] as const;
 const BATCHNORM = kernelFile("batchnorm", BINDINGS);
 const BATCHNORM_VEC4 = kernelFile("batchnorm_vec4", BINDINGS);
@@ -68,7 +84,12 @@ interface Layout {
  * Pick the channel tile (wide enough for coalesced reads, no wider than needed) and the row
  * blocks (enough workgroups to fill the GPU, each row block a whole number of thread steps).
  */
-function reductionLayout(rows: number, channels: number, rowsPerStep: number): Layout {
+function reductionLayout(
+  rows: number,
+  channels: number,
+  rowsPerStep: number,
+  targetWorkgroups: number,
+): Layout {
   let tileChannels = 4;
   while (tileChannels < 64 && tileChannels < channels) tileChannels *= 2;
   const lanes = WORKGROUP_THREADS / tileChannels;
@@ -77,7 +98,7 @@ function reductionLayout(rows: number, channels: number, rowsPerStep: number): L
   const maxBlocks = Math.max(1, ceilDiv(rows, step));
   const wantedBlocks = Math.min(
     maxBlocks,
-    Math.max(1, ceilDiv(TARGET_PARTIAL_WORKGROUPS, channelTiles)),
+    Math.max(1, ceilDiv(targetWorkgroups, channelTiles)),
   );
   const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), step) * step;
   return {
@@ -88,7 +109,37 @@ function reductionLayout(rows: number, channels: number, rowsPerStep: number): L
   };
 }
 
-function uniforms(s: BatchNormShape, layout?: Layout): ArrayBuffer {
+/**
+ * The row blocks of a vec4 partial pass over `columns` vec4 columns: up to 16 columns per
+ * workgroup (at least 16 row lanes), blocks as in {@link reductionLayout}.
+ */
+function vec4ReductionLayout(
+  rows: number,
+  columns: number,
+  targetWorkgroups: number,
+): { tileColumns: number; columnTiles: number; rowsPerBlock: number; numBlocks: number } {
+  let tileColumns = 1;
+  while (tileColumns < 16 && tileColumns < columns) tileColumns *= 2;
+  const lanes = WORKGROUP_THREADS / tileColumns;
+  const columnTiles = ceilDiv(columns, tileColumns);
+  const maxBlocks = Math.max(1, ceilDiv(rows, lanes));
+  const wantedBlocks = Math.min(
+    maxBlocks,
+    Math.max(1, ceilDiv(targetWorkgroups, columnTiles)),
+  );
+  const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), lanes) * lanes;
+  return {
+    tileColumns,
+    columnTiles,
+    rowsPerBlock,
+    numBlocks: Math.max(1, ceilDiv(rows, rowsPerBlock)),
+  };
+}
+
+function uniforms(
+  s: BatchNormShape,
+  layout?: Pick<Layout, "rowsPerBlock" | "numBlocks">,
+): ArrayBuffer {
   return packUniforms([
     ["u32", s.rows],
     ["u32", s.channels],
@@ -150,7 +201,7 @@ function checkShape(name: string, s: BatchNormShape, minRows: number): void {
 
 function checkSizes(name: string, s: BatchNormShape, tensors: Record<string, Tensor>): void {
   for (const [label, t] of Object.entries(tensors)) {
-    const perChannel = !["x", "y", "dy", "dx", "reluOutput"].includes(label);
+    const perChannel = !["x", "y", "dy", "dx", "reluOutput", "residual"].includes(label);
     const want = perChannel ? s.channels : s.rows * s.channels;
     if (t.size !== want) {
       throw new Error(
@@ -197,13 +248,24 @@ export function batchNormTrainForward(
   saveMean: Tensor,
   saveInvStd: Tensor,
   s: BatchNormShape,
-  options: { relu?: boolean } = {},
+  options: ForwardOptions = {},
 ): void {
   const name = "batchNormTrainForward";
   checkShape(name, s, 2);
-  checkSizes(name, s, { x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd });
-  checkNotInPlace(name, ["y", y], { x, gamma, beta });
-  const layout = reductionLayout(s.rows, s.channels, STATS_CHUNK);
+  const residual = options.residual;
+  checkSizes(name, s, {
+    x,
+    gamma,
+    beta,
+    runningMean,
+    runningVar,
+    y,
+    saveMean,
+    saveInvStd,
+    ...(residual ? { residual } : {}),
+  });
+  checkNotInPlace(name, ["y", y], { x, gamma, beta, ...(residual ? { residual } : {}) });
+  const layout = reductionLayout(s.rows, s.channels, STATS_CHUNK, partialWorkgroups(gpu));
   const tile = { TILE_C: layout.tileChannels };
   const partials = gpu.empty([layout.numBlocks, 3, s.channels], "f32", "batchnorm partials");
   const params = uniforms(s, layout);
@@ -217,18 +279,31 @@ export function batchNormTrainForward(
     storage: { partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar },
     workgroups: [layout.channelTiles],
   });
-  const pass = elementwisePass(
-    gpu,
-    "normalize",
-    { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 0 },
-    s,
-  );
+  const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, false), s);
   gpu.dispatch(pass.kernel, {
     uniforms: params,
-    storage: { x, gamma, beta, mean: saveMean, invStd: saveInvStd, y },
+    // Without RESIDUAL the binding is never read, but it is statically used: bind x.
+    storage: { x, gamma, beta, mean: saveMean, invStd: saveInvStd, y, residual: residual ?? x },
     workgroups: pass.workgroups,
   });
   partials.release();
+}
+
+/**
+ * Options of the forward passes: a fused ReLU, and a tensor of x's shape added before it (the
+ * shortcut of a ResNet block): y = relu(bn(x) + residual) in one pass.
+ */
+export interface ForwardOptions {
+  relu?: boolean;
+  residual?: Tensor;
+}
+
+function normalizeConstants(options: ForwardOptions, fromVariance: boolean) {
+  return {
+    RELU: options.relu ? 1 : 0,
+    FROM_VARIANCE: fromVariance ? 1 : 0,
+    RESIDUAL: options.residual ? 1 : 0,
+  };
 }
 
 /** Evaluation-mode forward: y = (x - runningMean) / sqrt(runningVar + eps) * gamma + beta. */
@@ -241,21 +316,33 @@ export function batchNormEvalForward(
   runningVar: Tensor,
   y: Tensor,
   s: BatchNormShape,
-  options: { relu?: boolean } = {},
+  options: ForwardOptions = {},
 ): void {
   const name = "batchNormEvalForward";
   checkShape(name, s, 1);
-  checkSizes(name, s, { x, gamma, beta, runningMean, runningVar, y });
-  checkNotInPlace(name, ["y", y], { x, gamma, beta });
-  const pass = elementwisePass(
-    gpu,
-    "normalize",
-    { RELU: options.relu ? 1 : 0, FROM_VARIANCE: 1 },
-    s,
-  );
+  const residual = options.residual;
+  checkSizes(name, s, {
+    x,
+    gamma,
+    beta,
+    runningMean,
+    runningVar,
+    y,
+    ...(residual ? { residual } : {}),
+  });
+  checkNotInPlace(name, ["y", y], { x, gamma, beta, ...(residual ? { residual } : {}) });
+  const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, true), s);
   gpu.dispatch(pass.kernel, {
     uniforms: uniforms(s),
-    storage: { x, gamma, beta, mean: runningMean, invStd: runningVar, y },
+    storage: {
+      x,
+      gamma,
+      beta,
+      mean: runningMean,
+      invStd: runningVar,
+      y,
+      residual: residual ?? x,
+    },
     workgroups: pass.workgroups,
   });
 }
@@ -293,18 +380,39 @@ export function batchNormBackward(
     ...(reluOutput ? { reluOutput } : {}),
   });
   checkNotInPlace(name, ["dx", dx], { x, dy, gamma, ...(reluOutput ? { reluOutput } : {}) });
-  const layout = reductionLayout(s.rows, s.channels, 1);
+  const target = partialWorkgroups(gpu);
+  const layout = reductionLayout(s.rows, s.channels, 1, target);
+  // With C % 4 == 0 the partial pass reads vec4s (a quarter of the loads; its own row blocks).
+  const vec4 = s.channels % 4 === 0
+    ? vec4ReductionLayout(s.rows, s.channels / 4, target)
+    : undefined;
+  const numBlocks = vec4?.numBlocks ?? layout.numBlocks;
   const relu = reluOutput ? 1 : 0;
-  const partials = gpu.empty([layout.numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
+  const partials = gpu.empty([numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
   const gradSums = gpu.empty([2, s.channels], "f32", "batchnorm grad sums");
-  const params = uniforms(s, layout);
+  const params = uniforms(s, vec4 ? { ...layout, ...vec4 } : layout);
   // Without a fused ReLU the mask binding is never read, but it is statically used: bind dy.
   const mask = reluOutput ?? dy;
-  gpu.dispatch(kernel(gpu, "grad_partial", { TILE_C: layout.tileChannels, RELU: relu }), {
-    uniforms: params,
-    storage: { x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials },
-    workgroups: [layout.channelTiles, layout.numBlocks],
-  });
+  const partialStorage = { x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials };
+  if (vec4) {
+    gpu.dispatch(
+      gpu.kernel(BATCHNORM_VEC4, {
+        entryPoint: "grad_partial",
+        constants: { TILE_C4: vec4.tileColumns, RELU: relu },
+      }),
+      {
+        uniforms: params,
+        storage: partialStorage,
+        workgroups: [vec4.columnTiles, vec4.numBlocks],
+      },
+    );
+  } else {
+    gpu.dispatch(kernel(gpu, "grad_partial", { TILE_C: layout.tileChannels, RELU: relu }), {
+      uniforms: params,
+      storage: partialStorage,
+      workgroups: [layout.channelTiles, layout.numBlocks],
+    });
+  }
   gpu.dispatch(
     kernel(gpu, "grad_final", {
       TILE_C: layout.tileChannels,

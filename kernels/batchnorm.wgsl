@@ -30,6 +30,8 @@
 //  13 dgamma [C]               (read_write)  overwritten, or += with ACCUMULATE
 //  14 dbeta [C]                (read_write)  overwritten, or += with ACCUMULATE
 //  15 dx [rows, C]             (read_write)
+//  16 residual [rows, C]       (read)        normalize with RESIDUAL: added before the ReLU (the
+//                                            shortcut of a ResNet block), y = relu(bn(x) + residual)
 // Dispatch grids: *_partial (ceil(C / TILE_C), num_blocks); *_final (ceil(C / TILE_C));
 // normalize and input_grad ceil(rows * C / 1024) workgroups folded into x-y (grid1d), each thread
 // handling 4 elements 256 apart.
@@ -38,6 +40,7 @@ override TILE_C: u32 = 64u;        // channels per workgroup: a power of two, 4.
 override RELU: bool = false;       // fuse ReLU into the forward output / mask dy in the backward
 override ACCUMULATE: bool = false; // dgamma/dbeta += instead of =
 override FROM_VARIANCE: bool = false; // normalize: binding 5 holds a variance, not 1/std (eval)
+override RESIDUAL: bool = false;   // normalize: add binding 16 before the ReLU
 
 struct Params {
   rows: u32,
@@ -66,6 +69,7 @@ struct Params {
 @group(0) @binding(13) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(15) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(16) var<storage, read> residual: array<f32>;
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 8u;       // rows a thread holds in registers per step of stats_partial
@@ -215,6 +219,7 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
       let stat = inv_std[c];
       let scale = select(stat, 1.0 / sqrt(stat + params.eps), FROM_VARIANCE);
       var v = (x[i] - mean[c]) * scale * gamma[c] + beta[c];
+      if (RESIDUAL) { v = v + residual[i]; }
       if (RELU) { v = max(v, 0.0); }
       y[i] = v;
     }

@@ -345,11 +345,12 @@ function expectShape(op: string, name: string, t: Tensor, shape: number[]): void
 
 /**
  * The kernels read every tensor as an array of vec4, so a binding must cover whole quads: bind the
- * whole (16-byte padded) buffer when the tensor starts at offset 0.
+ * whole (16-byte padded) buffer when the tensor starts at offset 0, and a view's padded slot
+ * (flat parameter storage) when it has one.
  */
 function bindable(t: Tensor): Bindable {
   if (t.byteOffset === 0) return t.buffer;
-  if (t.byteLength % 16 !== 0) {
+  if ((t.slotBytes ?? t.byteLength) % 16 !== 0) {
     throw new Error(
       `conv2d: a tensor view at byte offset ${t.byteOffset} must hold a multiple of 4 elements ` +
         `(shape [${t.shape}])`,

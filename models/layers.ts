@@ -4,7 +4,7 @@
  * can run forward on several batches (both views) before the backward passes pop them in reverse.
  * Parameter gradients accumulate (+=) until `zeroGrads`, which is how micro-batches accumulate.
  */
-import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { type Gpu, Tensor } from "../runtime/gpu.ts";
 import type { Rng } from "../runtime/random.ts";
 import { fill } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
@@ -107,6 +107,173 @@ function newParameter(
     excludeFromLars,
     layout,
   };
+}
+
+/**
+ * Bytes from one tensor's start to the next in a flat buffer: a multiple of every device's
+ * storage-binding offset alignment (256 on most GPUs, 32 on lavapipe), so each tensor still binds
+ * on its own, and the layout is the same on every device.
+ */
+const FLAT_ALIGN_BYTES = 256;
+
+/**
+ * Where each tensor of one flat buffer lives, in elements. Tensors too many for one buffer (one
+ * binding holds at most the adapter's maxStorageBufferBindingSize: 128 MiB on lavapipe, less than
+ * ResNet-50's parameters) are split into groups, a flat buffer each, in order.
+ */
+export interface FlatLayout {
+  names: string[];
+  offsets: number[];
+  sizes: number[];
+  /** Elements in the whole buffer (the last tensor's slot padded to the alignment). */
+  length: number;
+  /** Index of this group's first tensor among all the tensors flattened together. */
+  first: number;
+}
+
+/** One group of tensors moved into one buffer: the whole buffer and a view per tensor, in order. */
+export interface FlatTensors {
+  layout: FlatLayout;
+  flat: Tensor;
+  views: Tensor[];
+}
+
+/**
+ * Lay tensors out in flat buffers of at most `maxGroupBytes` each (greedy, in order, so a list's
+ * first tensors are grouped the same whatever follows them).
+ */
+function flatLayouts(
+  gpu: Gpu,
+  tensors: { name: string; value: Tensor }[],
+  maxGroupBytes: number,
+): FlatLayout[] {
+  const align = Math.max(FLAT_ALIGN_BYTES, gpu.limits.minStorageBufferOffsetAlignment) / 4;
+  const maxLength = Math.floor(maxGroupBytes / 4);
+  const layouts: FlatLayout[] = [];
+  let current: FlatLayout | undefined;
+  tensors.forEach(({ name, value }, i) => {
+    if (value.dtype !== "f32") throw new Error(`flat storage: ${name} is not f32`);
+    const slot = Math.max(align, Math.ceil(value.size / align) * align);
+    if (slot > maxLength) {
+      throw new Error(
+        `flat storage: ${name} needs ${4 * slot} bytes, over the ${maxGroupBytes}-byte limit ` +
+          "of one flat buffer",
+      );
+    }
+    if (!current || current.length + slot > maxLength) {
+      current = { names: [], offsets: [], sizes: [], length: 0, first: i };
+      layouts.push(current);
+    }
+    current.names.push(name);
+    current.offsets.push(current.length);
+    current.sizes.push(value.size);
+    current.length += slot;
+  });
+  return layouts;
+}
+
+/** A zero-filled flat buffer of `layout` and its views in the given shapes. */
+export function flatZeros(gpu: Gpu, layout: FlatLayout, shapes: number[][]): FlatTensors {
+  const flat = gpu.zeros([layout.length]);
+  const views = layout.offsets.map((offset, i) => {
+    const end = layout.offsets[i + 1] ?? layout.length;
+    return new Tensor(
+      gpu,
+      [...shapes[i]],
+      "f32",
+      flat.buffer,
+      4 * offset,
+      false,
+      4 * (end - offset),
+    );
+  });
+  return { layout, flat, views };
+}
+
+/** Copy tensors into views of one new flat buffer (in encode order) and release them. */
+function moveIntoFlat(gpu: Gpu, layout: FlatLayout, tensors: Tensor[]): FlatTensors {
+  const moved = flatZeros(gpu, layout, tensors.map((t) => t.shape));
+  const encoder = gpu.currentEncoder();
+  tensors.forEach((t, i) => {
+    if (t.byteLength > 0) {
+      encoder.copyBufferToBuffer(
+        t.buffer,
+        t.byteOffset,
+        moved.flat.buffer,
+        4 * layout.offsets[i],
+        t.byteLength,
+      );
+    }
+    t.release();
+  });
+  return moved;
+}
+
+/** One group of parameters after {@link flattenParameters}: values and gradients, a buffer each. */
+export interface FlatParameters {
+  layout: FlatLayout;
+  values: Tensor;
+  grads: Tensor;
+}
+
+/**
+ * Move parameters' values and gradients into flat buffers (one per group of at most
+ * `maxGroupBytes`, by default the adapter's storage binding limit; the same layout for values and
+ * gradients; each tensor starts at a multiple of 256 bytes) and point the parameters at their
+ * views, so one dispatch per group can zero every gradient or update every tensor. The parameters
+ * must not be in flat storage yet.
+ */
+export function flattenParameters(
+  gpu: Gpu,
+  parameters: Parameter[],
+  maxGroupBytes = gpu.maxBindingBytes,
+): FlatParameters[] {
+  return flatLayouts(gpu, parameters, maxGroupBytes).map((layout) => {
+    const group = parameters.slice(layout.first, layout.first + layout.names.length);
+    const values = moveIntoFlat(gpu, layout, group.map((p) => p.value));
+    const grads = moveIntoFlat(gpu, layout, group.map((p) => p.grad));
+    group.forEach((p, i) => {
+      p.value = values.views[i];
+      p.grad = grads.views[i];
+    });
+    return { layout, values: values.flat, grads: grads.flat };
+  });
+}
+
+/** Move state tensors (BatchNorm running statistics) into flat buffers, like parameters. */
+export function flattenStates(
+  gpu: Gpu,
+  states: StateTensor[],
+  maxGroupBytes = gpu.maxBindingBytes,
+): { layout: FlatLayout; values: Tensor }[] {
+  return flatLayouts(gpu, states, maxGroupBytes).map((layout) => {
+    const group = states.slice(layout.first, layout.first + layout.names.length);
+    const values = moveIntoFlat(gpu, layout, group.map((s) => s.value));
+    group.forEach((s, i) => {
+      s.value = values.views[i];
+    });
+    return { layout, values: values.flat };
+  });
+}
+
+/**
+ * Whether the groups `prefix` lay out their tensors exactly as the first ones of `layouts` (same
+ * names, sizes and groups, hence the same offsets): then the first `prefix[g].length` elements of
+ * group g's buffers correspond element by element (every group but the last one whole).
+ */
+export function isLayoutPrefix(prefix: FlatLayout[], layouts: FlatLayout[]): boolean {
+  if (prefix.length > layouts.length) return false;
+  return prefix.every((p, g) => {
+    const layout = layouts[g];
+    const last = g === prefix.length - 1;
+    return p.first === layout.first && p.names.length <= layout.names.length &&
+      (last || p.names.length === layout.names.length) &&
+      p.names.every((name, i) =>
+        name === layout.names[i] && p.sizes[i] === layout.sizes[i] &&
+        p.offsets[i] === layout.offsets[i]
+      ) &&
+      (layout.offsets[p.names.length] ?? layout.length) === p.length;
+  });
 }
 
 /** Set every parameter gradient of a module to zero. */
@@ -237,10 +404,19 @@ export class BatchNorm implements Module {
     this.scratchStats = [gpu.zeros([channels]), gpu.zeros([channels])];
   }
 
-  forward(x: Tensor): Tensor {
+  /**
+   * y = bn(x), then + `residual` (a tensor of x's shape: a ResNet block's shortcut, fused into
+   * the same pass), then the ReLU when the layer has one; the backward masks by this y.
+   */
+  forward(x: Tensor, residual?: Tensor): Tensor {
     const c = this.channels;
     if (x.shape[x.shape.length - 1] !== c) {
       throw new Error(`${this.weight.name}: expected ${c} channels last, got [${x.shape}]`);
+    }
+    if (residual && residual.size !== x.size) {
+      throw new Error(
+        `${this.weight.name}: residual [${residual.shape}] does not match the input [${x.shape}]`,
+      );
     }
     const rows = x.size / c;
     const gpu = this.ctx.gpu;
@@ -248,7 +424,7 @@ export class BatchNorm implements Module {
     const shape = { rows, channels: c, eps: this.eps, momentum: this.momentum };
     const x2 = x.reshape([rows, c]);
     const y2 = y.reshape([rows, c]);
-    const options = { relu: this.relu };
+    const options = { relu: this.relu, residual: residual?.reshape([rows, c]) };
     if (this.ctx.mode === "eval") {
       batchNormEvalForward(
         gpu,

@@ -5,7 +5,7 @@
 import type { Tensor } from "../runtime/gpu.ts";
 import type { Rng } from "../runtime/random.ts";
 import { add } from "../kernels/elementwise.ts";
-import { addRelu, addReluBackward } from "../kernels/residual.ts";
+import { addMasked, addReluBackward } from "../kernels/residual.ts";
 import {
   type BatchCounter,
   BatchNorm,
@@ -80,7 +80,32 @@ class Downsample {
   }
 }
 
-/** Two 3x3 convs; out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). */
+/**
+ * A block's input gradient: the branch's plus the shortcut's, which sees dOut masked by the
+ * block's ReLU (out > 0). An identity shortcut takes the mask and the sum in one pass.
+ */
+function joinGradients(
+  ctx: Context,
+  dBranch: Tensor,
+  dOut: Tensor,
+  out: Tensor,
+  downsample: Downsample | undefined,
+): Tensor {
+  const dx = ctx.activation(dBranch.shape);
+  if (!downsample) {
+    addMasked(ctx.gpu, dBranch, dOut, out, dx);
+    return dx;
+  }
+  const dSum = ctx.activation(out.shape);
+  addReluBackward(ctx.gpu, out, dOut, dSum);
+  add(ctx.gpu, dBranch, downsample.backward(dSum), dx);
+  return dx;
+}
+
+/**
+ * Two 3x3 convs; out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the add and the ReLU
+ * fused into bn2's pass.
+ */
 class BasicBlock implements Block {
   static readonly expansion = 1;
   private conv1: Conv2d;
@@ -101,32 +126,28 @@ class BasicBlock implements Block {
     this.conv1 = new Conv2d(ctx, `${name}.conv1`, inC, planes, 3, stride, 1, rng);
     this.bn1 = new BatchNorm(ctx, `${name}.bn1`, planes, true);
     this.conv2 = new Conv2d(ctx, `${name}.conv2`, planes, planes, 3, 1, 1, rng);
-    this.bn2 = new BatchNorm(ctx, `${name}.bn2`, planes, false);
+    // Fuses the shortcut add and the block's ReLU (see forward).
+    this.bn2 = new BatchNorm(ctx, `${name}.bn2`, planes, true);
     if (stride !== 1 || inC !== planes) {
       this.downsample = new Downsample(ctx, `${name}.downsample`, inC, planes, stride, rng);
     }
   }
 
   forward(x: Tensor): Tensor {
-    const branch = this.bn2.forward(this.conv2.forward(this.bn1.forward(this.conv1.forward(x))));
     const shortcut = this.downsample ? this.downsample.forward(x) : x;
-    const out = this.ctx.activation(branch.shape);
-    addRelu(this.ctx.gpu, branch, shortcut, out);
+    const h = this.conv2.forward(this.bn1.forward(this.conv1.forward(x)));
+    const out = this.bn2.forward(h, shortcut);
     if (this.ctx.keepsForBackward) this.saved.push(out);
     return out;
   }
 
   backward(dOut: Tensor): Tensor {
     const out = this.saved.pop()!;
-    const dSum = this.ctx.activation(out.shape);
-    addReluBackward(this.ctx.gpu, out, dOut, dSum);
+    // bn2 masks dOut by its own output (the block's); the shortcut needs the masked dOut too.
     const dBranch = this.conv1.backward(
-      this.bn1.backward(this.conv2.backward(this.bn2.backward(dSum))!),
+      this.bn1.backward(this.conv2.backward(this.bn2.backward(dOut))!),
     )!;
-    const dShortcut = this.downsample ? this.downsample.backward(dSum) : dSum;
-    const dx = this.ctx.activation(dBranch.shape);
-    add(this.ctx.gpu, dBranch, dShortcut, dx);
-    return dx;
+    return joinGradients(this.ctx, dBranch, dOut, out, this.downsample);
   }
 
   private modules(): Module[] {
@@ -171,33 +192,28 @@ class Bottleneck implements Block {
     this.conv2 = new Conv2d(ctx, `${name}.conv2`, planes, planes, 3, stride, 1, rng);
     this.bn2 = new BatchNorm(ctx, `${name}.bn2`, planes, true);
     this.conv3 = new Conv2d(ctx, `${name}.conv3`, planes, outC, 1, 1, 0, rng);
-    this.bn3 = new BatchNorm(ctx, `${name}.bn3`, outC, false);
+    // Fuses the shortcut add and the block's ReLU (see forward).
+    this.bn3 = new BatchNorm(ctx, `${name}.bn3`, outC, true);
     if (stride !== 1 || inC !== outC) {
       this.downsample = new Downsample(ctx, `${name}.downsample`, inC, outC, stride, rng);
     }
   }
 
   forward(x: Tensor): Tensor {
+    const shortcut = this.downsample ? this.downsample.forward(x) : x;
     const h1 = this.bn1.forward(this.conv1.forward(x));
     const h2 = this.bn2.forward(this.conv2.forward(h1));
-    const branch = this.bn3.forward(this.conv3.forward(h2));
-    const shortcut = this.downsample ? this.downsample.forward(x) : x;
-    const out = this.ctx.activation(branch.shape);
-    addRelu(this.ctx.gpu, branch, shortcut, out);
+    const out = this.bn3.forward(this.conv3.forward(h2), shortcut);
     if (this.ctx.keepsForBackward) this.saved.push(out);
     return out;
   }
 
   backward(dOut: Tensor): Tensor {
     const out = this.saved.pop()!;
-    const dSum = this.ctx.activation(out.shape);
-    addReluBackward(this.ctx.gpu, out, dOut, dSum);
-    const dh2 = this.bn2.backward(this.conv3.backward(this.bn3.backward(dSum))!);
+    // bn3 masks dOut by its own output (the block's); the shortcut needs the masked dOut too.
+    const dh2 = this.bn2.backward(this.conv3.backward(this.bn3.backward(dOut))!);
     const dBranch = this.conv1.backward(this.bn1.backward(this.conv2.backward(dh2)!))!;
-    const dShortcut = this.downsample ? this.downsample.backward(dSum) : dSum;
-    const dx = this.ctx.activation(dBranch.shape);
-    add(this.ctx.gpu, dBranch, dShortcut, dx);
-    return dx;
+    return joinGradients(this.ctx, dBranch, dOut, out, this.downsample);
   }
 
   private modules(): Module[] {

@@ -3,19 +3,23 @@
  * two views -> online forward both -> target forward both (no grad) -> loss -> backward ->
  * LARS -> EMA. The InfoNCE baseline (SimCLR) uses the online projector of both views instead.
  */
-import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { type Gpu, Tensor } from "../runtime/gpu.ts";
 import { Rng } from "../runtime/random.ts";
-import { scale } from "../kernels/elementwise.ts";
-import { larsStep } from "../kernels/optimizer.ts";
-import { emaUpdate } from "../kernels/ema.ts";
+import { fill, scale } from "../kernels/elementwise.ts";
+import { LarsSegments, larsStepFlat } from "../kernels/optimizer.ts";
+import { emaUpdateFlat } from "../kernels/ema.ts";
 import { type LossConfig, SslLoss } from "./loss.ts";
 import {
   type BatchCounter,
   Context,
+  type FlatParameters,
+  flattenParameters,
+  flattenStates,
+  flatZeros,
+  isLayoutPrefix,
   type Module,
   type Parameter,
   type StateTensor,
-  zeroGrads,
 } from "./layers.ts";
 import { ResNet, type ResNetConfig } from "./resnet.ts";
 import { Mlp } from "./heads.ts";
@@ -138,16 +142,35 @@ export class Branch implements Module {
   }
 }
 
+/** How an {@link SslModel} stores its parameters. */
+export interface SslModelOptions {
+  /**
+   * Largest flat parameter buffer in bytes (default: the adapter's storage binding limit); a
+   * model larger than that is split into several (tests force small groups).
+   */
+  maxFlatGroupBytes?: number;
+}
+
 /** The online/target pair, its optimizer state and the loss. */
 export class SslModel {
   readonly online: Branch;
   readonly target: Branch;
   readonly loss: SslLoss;
+  /** LARS velocity per online parameter: views into flat buffers laid out as the values. */
   readonly velocity: Tensor[];
   /** |w| and |g| of every online parameter at the last step (LARS computes them). */
   readonly norms: Tensor;
   private onlineCtx: Context;
   private targetCtx: Context;
+  /**
+   * Online values, gradients and LARS velocity in flat buffers, grouped to fit one storage
+   * binding each (one group for the small presets): one dispatch per group zeroes every gradient,
+   * one updates every tensor.
+   */
+  private onlineGroups: { flat: FlatParameters; velocity: Tensor; segments: LarsSegments }[];
+  /** The EMA's tensors: target parameters and states, and the online buffers' matching prefixes. */
+  private emaTargets: Tensor[];
+  private emaOnlines: Tensor[];
 
   constructor(
     readonly gpu: Gpu,
@@ -155,6 +178,7 @@ export class SslModel {
     readonly batch: number,
     seed: number,
     readonly lars: LarsConfig,
+    options: SslModelOptions = {},
   ) {
     this.onlineCtx = new Context(gpu);
     this.targetCtx = new Context(gpu);
@@ -162,28 +186,58 @@ export class SslModel {
     this.online = new Branch(this.onlineCtx, config, true, new Rng(seed));
     // The target starts as a copy: same seed, same initial values, then copied exactly below.
     this.target = new Branch(this.targetCtx, config, false, new Rng(seed));
+    // Flat storage: the target mirrors the online backbone and projector, which come first in
+    // the online buffers, so the EMA pairs the target's buffers with prefixes of the online ones.
+    const groupBytes = options.maxFlatGroupBytes ?? gpu.maxBindingBytes;
+    const parameters = this.online.parameters();
+    const onlineFlat = flattenParameters(gpu, parameters, groupBytes);
+    const targetFlat = flattenParameters(gpu, this.target.parameters(), groupBytes);
+    const onlineStates = flattenStates(gpu, this.online.states(), groupBytes);
+    const targetStates = flattenStates(gpu, this.target.states(), groupBytes);
+    if (
+      !isLayoutPrefix(targetFlat.map((g) => g.layout), onlineFlat.map((g) => g.layout)) ||
+      !isLayoutPrefix(targetStates.map((g) => g.layout), onlineStates.map((g) => g.layout))
+    ) {
+      throw new Error("SslModel: the target's tensors are not the online network's first ones");
+    }
+    const prefix = (flat: Tensor, length: number) =>
+      new Tensor(gpu, [length], "f32", flat.buffer, 0, false);
+    this.emaTargets = [...targetFlat, ...targetStates].map((g) => g.values);
+    this.emaOnlines = [
+      ...targetFlat.map((g, i) => prefix(onlineFlat[i].values, g.layout.length)),
+      ...targetStates.map((g, i) => prefix(onlineStates[i].values, g.layout.length)),
+    ];
     this.copyOnlineToTarget();
     this.loss = new SslLoss(gpu, config.loss, batch, config.projectorOut);
-    this.velocity = this.online.parameters().map((p) => gpu.zeros(p.value.shape));
-    this.norms = gpu.zeros([2 * this.online.parameters().length]);
+    this.norms = gpu.zeros([2 * parameters.length]);
+    const groups = onlineFlat.map((flat) => {
+      const { layout } = flat;
+      const group = parameters.slice(layout.first, layout.first + layout.names.length);
+      const velocity = flatZeros(gpu, layout, group.map((p) => p.value.shape));
+      const segments = new LarsSegments(
+        gpu,
+        group.map((p, i) => ({
+          offset: layout.offsets[i],
+          size: p.value.size,
+          excluded: p.excludeFromLars,
+        })),
+        layout.length,
+        layout.first,
+      );
+      return { flat, velocity: velocity.flat, segments, views: velocity.views };
+    });
+    this.onlineGroups = groups;
+    this.velocity = groups.flatMap((g) => g.views);
   }
 
-  /** Online parameters and states that the target mirrors, paired by name. */
-  private pairs(): [Tensor, Tensor][] {
-    const online = new Map<string, Tensor>();
-    for (const p of this.online.parameters()) online.set(p.name, p.value);
-    for (const s of this.online.states()) online.set(s.name, s.value);
-    const targets = [
-      ...this.target.parameters().map((p) => [p.name, p.value] as const),
-      ...this.target.states().map((s) => [s.name, s.value] as const),
-    ];
-    return targets.map(([name, t]) => [t, online.get(name)!]);
+  /** How many flat buffer groups hold the online parameters (one LARS dispatch each). */
+  get flatGroups(): number {
+    return this.onlineGroups.length;
   }
 
   /** Make the target an exact copy of the online network (initialisation). */
   copyOnlineToTarget(): void {
-    const pairs = this.pairs();
-    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), 0);
+    emaUpdateFlat(this.gpu, this.emaTargets, this.emaOnlines, 0);
   }
 
   /**
@@ -202,7 +256,7 @@ export class SslModel {
    * this and {@link update}.
    */
   accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
-    zeroGrads(this.gpu, this.online);
+    for (const { flat } of this.onlineGroups) fill(this.gpu, flat.grads, 0);
     const gradScale = 1 / microBatches.length;
     microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
       if (this.config.loss.kind === "infonce") {
@@ -231,18 +285,13 @@ export class SslModel {
 
   /** LARS on the online parameters with the current gradients, then the target's EMA. */
   update(lr: number, emaMomentum: number): void {
-    const { momentum, weightDecay, eta } = this.lars;
-    this.online.parameters().forEach((p, i) => {
-      larsStep(this.gpu, p.value, p.grad, this.velocity[i], this.norms, 2 * i, {
+    for (const { flat, velocity, segments } of this.onlineGroups) {
+      larsStepFlat(this.gpu, flat.values, flat.grads, velocity, this.norms, segments, {
         lr,
-        momentum,
-        weightDecay,
-        eta,
-        excluded: p.excludeFromLars,
+        ...this.lars,
       });
-    });
-    const pairs = this.pairs();
-    emaUpdate(this.gpu, pairs.map((p) => p[0]), pairs.map((p) => p[1]), emaMomentum);
+    }
+    emaUpdateFlat(this.gpu, this.emaTargets, this.emaOnlines, emaMomentum);
   }
 
   /** Loss values written per optimizer step (directions x micro-batches). */

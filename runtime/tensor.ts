@@ -59,7 +59,16 @@ export class Tensor {
     readonly byteOffset = 0,
     /** Whether this tensor owns the buffer (and returns it to the pool on release). */
     readonly owner = true,
-  ) {}
+    /**
+     * Bytes a view binds when more than its elements (a slot in a flat buffer padded past the
+     * tensor's end, as an owned tensor's pooled buffer is): kernels may read whole vec4 there.
+     */
+    readonly slotBytes?: number,
+  ) {
+    if (slotBytes !== undefined && (slotBytes < this.byteLength || slotBytes % 4 !== 0)) {
+      throw new Error(`tensor [${shape}]: slot of ${slotBytes} bytes cannot hold it`);
+    }
+  }
 
   /** Number of elements. */
   get size(): number {
@@ -74,7 +83,8 @@ export class Tensor {
   }
   /** Bytes to bind: the whole (padded) buffer, so an empty tensor still binds legally. */
   get bindBytes(): number | undefined {
-    return this.byteOffset === 0 && this.owner ? undefined : Math.max(4, this.byteLength);
+    if (this.byteOffset === 0 && this.owner) return undefined;
+    return this.slotBytes ?? Math.max(4, this.byteLength);
   }
 
   /** Same buffer, another shape with the same element count. */
@@ -82,7 +92,15 @@ export class Tensor {
     if (shapeSize(shape) !== this.size) {
       throw new Error(`reshape: [${this.shape}] has ${this.size} elements, not [${shape}]`);
     }
-    return new Tensor(this.gpu, [...shape], this.dtype, this.buffer, this.byteOffset, false);
+    return new Tensor(
+      this.gpu,
+      [...shape],
+      this.dtype,
+      this.buffer,
+      this.byteOffset,
+      false,
+      this.slotBytes,
+    );
   }
 
   /** Overwrite the contents (ordered after work already encoded). */

@@ -99,6 +99,11 @@ const trainShapes: [number, number][] = [
   [3001, 5], // tall and skinny: many row blocks, uneven last block
   [64, 300], // short and wide
   [2, 67],
+  // C % 4 == 0: the vec4 partial pass of the backward (1, 2 and 16 vec4 columns per workgroup).
+  [3001, 4],
+  [777, 8],
+  [50, 64],
+  [9, 100],
 ];
 
 for (const [rows, channels] of trainShapes) {
@@ -214,35 +219,37 @@ for (const [rows, channels] of trainShapes) {
   }
 }
 
-Deno.test({
-  name: "batchnorm: variance stays accurate for a large mean (1000 + N(0, 0.01^2)), 4096x3",
-  ...gpuTest,
-  fn: async () => {
-    const gpu = await testGpu();
-    const rows = 4096;
-    const channels = 3;
-    const rng = new Rng(5);
-    const x = Float32Array.from(rng.normals(rows * channels), (v) => 1000 + 0.01 * v);
-    const ones = new Float32Array(channels).fill(1);
-    const zeros = new Float32Array(channels);
-    const tx = gpu.upload(x, [rows, channels]);
-    const tGamma = gpu.upload(ones, [channels]);
-    const tBeta = gpu.upload(zeros, [channels]);
-    const rm = gpu.upload(zeros, [channels]);
-    const rv = gpu.upload(ones, [channels]);
-    const y = gpu.empty([rows, channels]);
-    const mean = gpu.empty([channels]);
-    const invStd = gpu.empty([channels]);
-    // eps 0 so saveInvStd is exactly 1/std and its relative error is the variance's.
-    const s = { rows, channels, eps: 0 };
-    batchNormTrainForward(gpu, tx, tGamma, tBeta, rm, rv, y, mean, invStd, s);
-    const [gotInvStd] = await gpu.read([invStd]);
-    const ref = referenceTrainForward(x, ones, zeros, zeros, ones, rows, channels, false, 0);
-    // A naive E[x^2] - E[x]^2 in f32 would lose every digit here (1e6 vs 1e-4).
-    assertClose(gotInvStd, ref.invStd, { atol: 0, rtol: 1e-3 }, "1/std with a large mean");
-    for (const t of [tx, tGamma, tBeta, rm, rv, y, mean, invStd]) t.release();
-  },
-});
+for (const channels of [3, 8]) {
+  Deno.test({
+    name: "batchnorm: variance stays accurate for a large mean (1000 + N(0, 0.01^2)), " +
+      `4096x${channels}`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rows = 4096;
+      const rng = new Rng(5);
+      const x = Float32Array.from(rng.normals(rows * channels), (v) => 1000 + 0.01 * v);
+      const ones = new Float32Array(channels).fill(1);
+      const zeros = new Float32Array(channels);
+      const tx = gpu.upload(x, [rows, channels]);
+      const tGamma = gpu.upload(ones, [channels]);
+      const tBeta = gpu.upload(zeros, [channels]);
+      const rm = gpu.upload(zeros, [channels]);
+      const rv = gpu.upload(ones, [channels]);
+      const y = gpu.empty([rows, channels]);
+      const mean = gpu.empty([channels]);
+      const invStd = gpu.empty([channels]);
+      // eps 0 so saveInvStd is exactly 1/std and its relative error is the variance's.
+      const s = { rows, channels, eps: 0 };
+      batchNormTrainForward(gpu, tx, tGamma, tBeta, rm, rv, y, mean, invStd, s);
+      const [gotInvStd] = await gpu.read([invStd]);
+      const ref = referenceTrainForward(x, ones, zeros, zeros, ones, rows, channels, false, 0);
+      // A naive E[x^2] - E[x]^2 in f32 would lose every digit here (1e6 vs 1e-4).
+      assertClose(gotInvStd, ref.invStd, { atol: 0, rtol: 1e-3 }, "1/std with a large mean");
+      for (const t of [tx, tGamma, tBeta, rm, rv, y, mean, invStd]) t.release();
+    },
+  });
+}
 
 Deno.test({
   name: "batchnorm: train forward + backward are bit-identical across runs (no atomics)",
@@ -450,3 +457,124 @@ Deno.test({
     for (const t of [x, c3, c4, y, one]) t.release();
   },
 });
+
+// The fused block end: y = relu(bn(x) + residual), and its backward masked by that y. [37, 130]
+// takes the scalar pass, [64, 32] and [1, 8] (eval) the vec4 one.
+for (const [rows, channels] of [[37, 130], [64, 32]] as [number, number][]) {
+  Deno.test({
+    name: `batchnorm: train forward with a fused residual add + relu, and its backward, ` +
+      `rows=${rows} C=${channels} (tol ${FORWARD_TOL.atol}/${FORWARD_TOL.rtol}, ` +
+      `${BACKWARD_TOL.atol}/${BACKWARD_TOL.rtol})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(rows * 7 + channels);
+      const n = rows * channels;
+      const x = rng.normals(n, 2);
+      const residual = rng.normals(n);
+      const dy = rng.normals(n);
+      const gamma = rng.array(channels, 0.5, 1.5);
+      const beta = rng.array(channels, -0.5, 0.5);
+      const [tx, tr, tdy, tg, tb] = [
+        gpu.upload(x, [rows, channels]),
+        gpu.upload(residual, [rows, channels]),
+        gpu.upload(dy, [rows, channels]),
+        gpu.upload(gamma, [channels]),
+        gpu.upload(beta, [channels]),
+      ];
+      const [rm, rv, ty, tm, ts, tdx, tdg, tdb] = [
+        gpu.zeros([channels]),
+        gpu.upload(new Float32Array(channels).fill(1), [channels]),
+        gpu.empty([rows, channels]),
+        gpu.empty([channels]),
+        gpu.empty([channels]),
+        gpu.empty([rows, channels]),
+        gpu.empty([channels]),
+        gpu.empty([channels]),
+      ];
+      const shape = { rows, channels };
+      batchNormTrainForward(gpu, tx, tg, tb, rm, rv, ty, tm, ts, shape, {
+        relu: true,
+        residual: tr,
+      });
+      batchNormBackward(gpu, tx, tdy, tg, tm, ts, tdx, tdg, tdb, shape, { reluOutput: ty });
+      const [y, dx, dgamma, dbeta] = await gpu.read([ty, tdx, tdg, tdb]);
+      const plain = referenceTrainForward(
+        x,
+        gamma,
+        beta,
+        new Float64Array(channels),
+        new Float64Array(channels).fill(1),
+        rows,
+        channels,
+        false,
+      );
+      const expectedY = plain.y.map((v, i) => Math.max(v + residual[i], 0));
+      assertClose(y, expectedY, FORWARD_TOL, "relu(bn(x) + residual)");
+      // The gradient reaches bn(x) where the block's output was positive; the mask comes from the
+      // GPU's own output so a sum rounding to zero cannot disagree.
+      const ref = referenceBackward(
+        x,
+        dy,
+        gamma,
+        { ...plain, y: Float64Array.from(y) },
+        rows,
+        channels,
+        true,
+      );
+      assertClose(dx, ref.dx, BACKWARD_TOL, "dx");
+      assertClose(dgamma, ref.dgamma, BACKWARD_TOL, "dgamma");
+      assertClose(dbeta, ref.dbeta, BACKWARD_TOL, "dbeta");
+      assert.ok(y.some((v) => v === 0) && y.some((v) => v > 0), "the ReLU clips some outputs");
+      for (const t of [tx, tr, tdy, tg, tb, rm, rv, ty, tm, ts, tdx, tdg, tdb]) t.release();
+    },
+  });
+}
+
+for (const [rows, channels] of [[1, 8], [33, 70]] as [number, number][]) {
+  Deno.test({
+    name: `batchnorm: eval forward with a fused residual add + relu, rows=${rows} C=${channels}` +
+      ` (tol ${FORWARD_TOL.atol}/${FORWARD_TOL.rtol}); residual checks`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(rows + channels);
+      const n = rows * channels;
+      const x = rng.normals(n, 2);
+      const residual = rng.normals(n);
+      const gamma = rng.array(channels, 0.5, 1.5);
+      const beta = rng.array(channels, -0.5, 0.5);
+      const rMean = rng.array(channels, -1, 1);
+      const rVar = rng.array(channels, 0.1, 3);
+      const tensors = [
+        gpu.upload(x, [rows, channels]),
+        gpu.upload(gamma, [channels]),
+        gpu.upload(beta, [channels]),
+        gpu.upload(rMean, [channels]),
+        gpu.upload(rVar, [channels]),
+        gpu.empty([rows, channels]),
+        gpu.upload(residual, [rows, channels]),
+      ];
+      const [tx, tg, tb, tm, tv, ty, tr] = tensors;
+      const shape = { rows, channels };
+      batchNormEvalForward(gpu, tx, tg, tb, tm, tv, ty, shape, { relu: true, residual: tr });
+      const [y] = await gpu.read([ty]);
+      const expected = Float64Array.from(x, (xv, i) => {
+        const c = i % channels;
+        const v = (xv - rMean[c]) / Math.sqrt(rVar[c] + EPS) * gamma[c] + beta[c];
+        return Math.max(v + residual[i], 0);
+      });
+      assertClose(y, expected, FORWARD_TOL, "eval relu(bn(x) + residual)");
+      const short = gpu.zeros([n + 1]);
+      assert.throws(
+        () => batchNormEvalForward(gpu, tx, tg, tb, tm, tv, ty, shape, { residual: short }),
+        /residual has shape/,
+      );
+      assert.throws(
+        () => batchNormEvalForward(gpu, tx, tg, tb, tm, tv, ty, shape, { residual: ty }),
+        /y shares a buffer with residual/,
+      );
+      for (const t of [...tensors, short]) t.release();
+    },
+  });
+}

@@ -56,7 +56,14 @@ Deno.test({
     // swap two negatives at the window's edge and change a step's gradient by far more than
     // float32 noise, so its runs agree after one step (checked by hand: 1e-10) but drift apart
     // after a few. The data-parallel arithmetic under test is the same for every loss.
-    const common = [...TINY_TRAIN_FLAGS, "--loss", "byol", "--steps", "3", "--seed", "5"];
+    // The two runs' weights differ by float32 rounding (one process sums each micro-batch's two
+    // directions into the gradients in turn, the ranks sum per rank, then on the host), and a
+    // ReLU is not smooth either: with seed 5 and the fused BatchNorm/residual/ReLU pass, that
+    // rounding (1e-8 after step 2) moved one activation of layer1.0.bn1 across zero at step 3,
+    // which changed the step's gradient by 5% although each rank, given the single run's weights,
+    // computes its micro-batch's gradient bit for bit. Seed 6 stays clear of such a crossing
+    // (worst element 0.03 of the tolerance after 3 steps; seed 5 before that pass: 0.05).
+    const common = [...TINY_TRAIN_FLAGS, "--loss", "byol", "--steps", "3", "--seed", "6"];
     const alone = await trainAlone([...common, "--accum", "2", "--out", `${dir}/alone`]);
     assert.equal(alone.code, 0, alone.stderr);
     const ranks = await runRanks(

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import { addRelu, addReluBackward } from "../kernels/residual.ts";
+import { addMasked, addRelu, addReluBackward } from "../kernels/residual.ts";
 
 // One f32 addition, then a selection: exact up to the addition's rounding.
 const TOL = { atol: 1e-6, rtol: 1e-6 };
 
-for (const n of [1, 7, 1024, 1025, 100_003]) {
+// 1024 and 100_000 take the vec4 kernels (n % 4 == 0), the others the scalar ones.
+for (const n of [1, 7, 1024, 1025, 100_000, 100_003]) {
   Deno.test({
     name: `residual: addRelu forward and backward vs float64, n=${n} (tol ${TOL.atol}/${TOL.rtol})`,
     ...gpuTest,
@@ -49,3 +50,29 @@ Deno.test({
     for (const t of [a, b, out]) t.release();
   },
 });
+
+for (const n of [1, 1025, 4096, 100_000, 100_003]) {
+  Deno.test({
+    name: `residual: addMasked = dBranch + (out > 0 ? dOut : 0) vs float64, n=${n} ` +
+      `(tol ${TOL.atol}/${TOL.rtol})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(n + 5);
+      const dBranch = rng.normals(n);
+      const dOut = rng.normals(n);
+      const out = Float32Array.from(rng.array(n), (v) => Math.max(v, 0));
+      const tensors = [gpu.upload(dBranch, [n]), gpu.upload(dOut, [n]), gpu.upload(out, [n])];
+      const dx = gpu.empty([n]);
+      addMasked(gpu, tensors[0], tensors[1], tensors[2], dx);
+      const got = await dx.read();
+      const expected = Float64Array.from(dBranch, (g, i) => g + (out[i] > 0 ? dOut[i] : 0));
+      assertClose(got, expected, TOL, "dx");
+      if (n > 100) {
+        assert.ok(out.some((v) => v === 0) && out.some((v) => v > 0), "mask is mixed");
+      }
+      assert.throws(() => addMasked(gpu, tensors[0], gpu.zeros([n + 1]), tensors[2], dx), /dOut/);
+      for (const t of [...tensors, dx]) t.release();
+    },
+  });
+}
