@@ -14,7 +14,7 @@ import {
   type Tensor,
 } from "../runtime/gpu.ts";
 import { kernelFile } from "../runtime/shader.ts";
-import { planDevice } from "./plan.ts";
+import { cpuPlans, planDevice } from "./plan.ts";
 
 /** The matrix a BatchNorm sees, and its hyper-parameters (PyTorch defaults). */
 export interface BatchNormShape {
@@ -42,7 +42,7 @@ const PARTIAL_WORKGROUPS_PER_CPU_SLOT = 8;
 /** How many workgroups a partial pass aims for on this device. */
 function partialWorkgroups(gpu: Gpu): number {
   const device = planDevice(gpu);
-  return device.isFallback
+  return cpuPlans(device)
     ? PARTIAL_WORKGROUPS_PER_CPU_SLOT * device.parallelSlots
     : TARGET_PARTIAL_WORKGROUPS;
 }
