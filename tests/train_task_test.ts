@@ -54,6 +54,17 @@ function deterministic(lines: Record<string, unknown>[]): unknown[] {
 
 const TEST = { sanitizeOps: false, sanitizeResources: false };
 
+// The system Python with PyTorch, where present (CI has none: that check is skipped there).
+const PYTHON = Deno.env.get("TRITRAIN_PYTHON") ?? "/usr/bin/python3";
+async function pythonHasTorch(): Promise<boolean> {
+  try {
+    const { code } = await new Deno.Command(PYTHON, { args: ["-c", "import torch"] }).output();
+    return code === 0;
+  } catch {
+    return false;
+  }
+}
+
 Deno.test({
   name:
     "train task: run directory files and fields; --config of its config.json repeats it; an interrupted and resumed run equals an uninterrupted one",
@@ -368,7 +379,8 @@ async function writePngs(dir: string, count: number, cls = 0): Promise<void> {
 
 Deno.test({
   name: "train task: folder-96 trains 2 steps on a flat folder of unlabelled images: evaluation " +
-    "off, pictures without class marks, the CPU-adapter warning, skipped files named",
+    "off, pictures without class marks, the CPU-adapter warning, skipped files named; it exports " +
+    "and PyTorch loads the export strictly",
   ...TEST,
   fn: async () => {
     const dir = await Deno.makeTempDir();
@@ -417,6 +429,31 @@ Deno.test({
       256,
       512,
     ]]);
+    // The run exports, and the generated module builds the backbone and loads it strictly.
+    const exported = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "tasks/export.ts", "--checkpoint", `${dir}/run/checkpoint.safetensors`],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const decoder = new TextDecoder();
+    assert.equal(exported.code, 0, decoder.decode(exported.stderr));
+    assert.ok(
+      (await Deno.stat(`${dir}/run/backbone.safetensors`)).size > 40e6,
+      "ResNet-18 weights",
+    );
+    if (await pythonHasTorch()) {
+      const loaded = await new Deno.Command(PYTHON, {
+        args: [`${dir}/run/backbone.py`],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(loaded.code, 0, decoder.decode(loaded.stderr));
+      assert.match(
+        decoder.decode(loaded.stdout),
+        /loaded .*backbone\.safetensors strictly; features \(2, 512\)/,
+      );
+    } else console.log(`SKIPPED loading the export in PyTorch: ${PYTHON} cannot import torch`);
     await Deno.remove(dir, { recursive: true });
   },
 });
