@@ -341,8 +341,11 @@ export function resolveConfig(
   config.epochs = positiveInt("epochs", str("epochs")) ?? config.epochs;
   if (str("epochs") !== undefined) config.steps = undefined;
   config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
-  // METHOD.md's linear scaling: without --lr, the preset's lr follows the effective batch.
-  const presetImagesPerStep = config.batch * config.accum * config.ranks;
+  // METHOD.md's linear scaling: without --lr, the lr follows the effective batch. Its reference is
+  // the file's batch when the file sets the lr (a run's config.json), else the preset's, so a file
+  // that changes only the batch scales the lr as --batch does.
+  const reference = file.lr !== undefined ? config : preset;
+  const presetImagesPerStep = reference.batch * reference.accum * reference.ranks;
   config.batch = positiveInt("batch", str("batch")) ?? config.batch;
   config.accum = positiveInt("accum", str("accum")) ?? config.accum;
   config.ranks = ranks;
@@ -410,11 +413,15 @@ export function resolveConfig(
     throw new UserError("--batch must be at least 2 (BatchNorm and negatives need two images)");
   }
   const negatives = config.batch - 1;
+  // A window given by --window or by the file (other than the preset's) is checked, not shrunk.
+  const fileWindow = file.loss?.window !== undefined &&
+    JSON.stringify(file.loss.window) !== JSON.stringify(preset.loss.window);
   if (loss.kind === "triplet" && loss.window && loss.window[1] > negatives) {
-    if (str("window") !== undefined) {
+    if (str("window") !== undefined || fileWindow) {
       throw new UserError(
-        `--window ${loss.window} needs ${loss.window[1]} negatives, but a batch of ` +
-          `${config.batch} has ${negatives}: use a larger --batch or a smaller window`,
+        `${str("window") !== undefined ? "--window" : "--config's loss.window"} ${loss.window} ` +
+          `needs ${loss.window[1]} negatives, but a batch of ${config.batch} has ${negatives}: ` +
+          "use a larger --batch or a smaller window (--window)",
       );
     }
     // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so
@@ -444,6 +451,13 @@ function applyFolderFlags(config: TrainConfig, flags: Flags): void {
       if (str(name) !== undefined) {
         throw new UserError(`--${name} applies to --dataset folder only, not ${config.dataset}`);
       }
+    }
+    // From --config: evaluationData would otherwise evaluate this dataset's run on that folder.
+    if (config.evalData !== undefined) {
+      throw new UserError(
+        `--config's evalData ${config.evalData} applies to --dataset folder only, not ` +
+          `${config.dataset}: remove it from the file`,
+      );
     }
   }
   if (config.evalData !== undefined && config.evaluation === "none") {

@@ -258,3 +258,29 @@ Deno.test("train config: the loud fallback-adapter warning is for large runs on 
     /preset small .*~2\.0 GiB of activations per step/s,
   );
 });
+
+Deno.test("train config: --config values are checked against each other as the flags are", () => {
+  // A file that changes only the batch scales the preset's lr as --batch does; a file that sets
+  // the lr (a run's config.json) keeps it.
+  assert.equal(resolveConfig({}, 1, { batch: 128 }).lr, resolveConfig({ batch: "128" }).lr);
+  assert.equal(resolveConfig({}, 1, { batch: 128 }).lr, PRESETS.small.lr * 2);
+  assert.equal(resolveConfig({}, 1, { batch: 128, lr: 1.5 }).lr, 1.5);
+  assert.equal(resolveConfig({ batch: "32" }, 1, { batch: 128, lr: 1.5 }).lr, 1.5 / 4);
+  // The file's own window does not fit its batch: refused like --window, not shrunk.
+  assert.throws(
+    () => resolveConfig({}, 1, { batch: 8, loss: { kind: "triplet", window: [2, 200] } }),
+    (e: Error) =>
+      e instanceof UserError && /--config's loss.window 2,200 needs 200/.test(e.message),
+  );
+  // The preset's window in a file still shrinks to a small batch, as without the file.
+  assert.deepEqual(
+    resolveConfig({ batch: "8" }, 1, { loss: { ...PRESETS.small.loss } }).loss.window,
+    [7, 7],
+  );
+  // evalData is an image folder to evaluate a folder run on; any other dataset refuses it.
+  assert.throws(
+    () => resolveConfig({}, 1, { evalData: "/x" }),
+    (e: Error) =>
+      e instanceof UserError && /evalData \/x applies to --dataset folder only/.test(e.message),
+  );
+});
