@@ -284,3 +284,24 @@ Deno.test("train config: --config values are checked against each other as the f
       e instanceof UserError && /evalData \/x applies to --dataset folder only/.test(e.message),
   );
 });
+
+Deno.test("train config: the folder-96 preset's departures follow the flags too", () => {
+  const unchanged = resolveConfig({ preset: "folder-96", data: "/x" }).deviations;
+  assert.deepEqual(unchanged, PRESETS["folder-96"].deviations);
+  const text = resolveConfig({
+    preset: "folder-96",
+    data: "/x",
+    batch: "64",
+    epochs: "5",
+    "crop-scale": "0.5",
+  }).deviations.join("\n");
+  assert.doesNotMatch(text, /^batch 128 on one device/m, "the preset's batch is not claimed");
+  assert.doesNotMatch(text, /^100 epochs/m, "nor its length");
+  assert.doesNotMatch(text, /^crop scale from 0.2/m, "nor its crop scale");
+  assert.match(text, /^batch 64 x accum 1 x 1 process = 64 images per step \(preset folder-96:/m);
+  assert.match(text, /^lr 1 \(preset folder-96: lr 2; scaled with the images per step;/m);
+  assert.match(text, /^5 epochs \(preset folder-96: 100 epochs;/m);
+  assert.match(text, /^cropScaleMin 0.5 \(preset folder-96: cropScaleMin 0.2;/m);
+  // Departures untouched by the flags stay word for word.
+  assert.ok(text.includes(PRESETS["folder-96"].deviations[0]));
+});
