@@ -154,6 +154,13 @@ const BAD_CONFIG_FILES: [string, string, RegExp][] = [
     /"steps" must be a non-negative integer, got "100".*--steps/,
   ],
   ["an out-of-range value", '{"emaBase": 1.5}', /"emaBase" must be a number in \[0, 1\), got 1.5/],
+  ["an inherited name", '{"hasOwnProperty": "x"}', /unknown key "hasOwnProperty"/],
+  ["a prototype key", '{"constructor": 1}', /unknown key "constructor"/],
+  [
+    "an inherited loss key",
+    '{"loss": {"kind": "triplet", "toString": 1}}',
+    /unknown key "loss.toString"/,
+  ],
   ["a bad nested loss key", '{"loss": {"kind": "triplet", "windw": [2, 10]}}', /"loss.windw"/],
   ["a bad window", '{"loss": {"kind": "triplet", "window": [10, 2]}}', /"loss.window" must be/],
   ["an unknown preset", '{"preset": "huge"}', /"preset" must be one of small/],
