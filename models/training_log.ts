@@ -5,6 +5,7 @@
  * the same values as one row to metrics.csv beside it (fixed columns, for spreadsheets and plots).
  */
 import type { Gpu, Tensor } from "../runtime/gpu.ts";
+import { writeFileAtomic } from "./safetensors.ts";
 
 /** One line of metrics.jsonl. */
 export type MetricsLine = Record<string, number | string | null>;
@@ -49,10 +50,9 @@ export function metricsCsv(lines: MetricsLine[]): string {
   return METRICS_CSV_COLUMNS.join(",") + "\n" + lines.map(metricsCsvRow).join("");
 }
 
-/** Write a file whole: a temporary file renamed over it, so a reader never sees half of it. */
-async function replaceText(path: string, text: string): Promise<void> {
-  await Deno.writeTextFile(`${path}.tmp`, text);
-  await Deno.rename(`${path}.tmp`, path);
+/** Write a file whole (models/safetensors.ts: synced, then renamed over it), never half of it. */
+function replaceText(path: string, text: string): Promise<void> {
+  return writeFileAtomic(path, new TextEncoder().encode(text));
 }
 
 /** A non-finite loss or norm: the run has diverged at `step`. */

@@ -158,8 +158,11 @@ export function checkConfigFields(path: string, json: unknown): Partial<TrainCon
   };
   const fields = Object.keys(FIELD_CHECKS);
   for (const [key, value] of Object.entries(json)) {
-    const check = FIELD_CHECKS[key as keyof TrainConfig];
-    if (!check) fail(key, "", value, fields);
+    // Own keys only: "constructor", "hasOwnProperty", ... are no fields (nor their checks).
+    const check = Object.hasOwn(FIELD_CHECKS, key)
+      ? FIELD_CHECKS[key as keyof TrainConfig]
+      : undefined;
+    if (!check) return fail(key, "", value, fields);
     const must = check(value);
     if (must) fail(key, must, value);
   }
@@ -169,8 +172,10 @@ export function checkConfigFields(path: string, json: unknown): Partial<TrainCon
       fail("loss", `an object such as {"kind": "triplet", "window": [2, 10]}`, loss);
     }
     for (const [key, value] of Object.entries(loss as object)) {
-      const check = LOSS_CHECKS[key];
-      if (!check) fail(`loss.${key}`, "", value, Object.keys(LOSS_CHECKS).map((k) => `loss.${k}`));
+      const check = Object.hasOwn(LOSS_CHECKS, key) ? LOSS_CHECKS[key] : undefined;
+      if (!check) {
+        return fail(`loss.${key}`, "", value, Object.keys(LOSS_CHECKS).map((k) => `loss.${k}`));
+      }
       const must = check(value);
       if (must) fail(`loss.${key}`, must, value);
     }

@@ -224,23 +224,44 @@ export const PRESETS: Record<string, TrainConfig> = {
   "folder-96": {
     preset: "folder-96",
     deviations: [
-      "for a folder of a few thousand photos (--data DIR, labelled or not): torchvision's " +
-      "ResNet-18 (64/128/256/512, 7x7 stride-2 stem and max pool, so the exported backbone is " +
-      "torchvision.models.resnet18) at 96x96 instead of ResNet-50 at 224",
-      "batch 128 on one device, lr 2.0 with a 10-epoch warm-up, per-step cosine (METHOD.md's " +
-      "scaling gives 4.8*128/4096 = 0.15, too slow for a run of a few thousand steps, as the " +
-      "small preset found; not tuned on photos yet)",
-      "100 epochs: ~2,300 steps for 3,000 photos, sized for about an hour on a GPU when the " +
-      "photos are stored at about 256 px (jpeg-js decodes a 1536x1536 JPEG in 0.3-0.8 s, a " +
-      "full-size camera photo in seconds: shrink them first, see the README); an estimate, " +
-      "not yet timed on a GPU",
-      "projector/predictor 512 -> 2048 -> 256 (METHOD.md: 2048 -> 4096 -> 256), scaled with the " +
-      "backbone's 512 features",
-      "crop scale from 0.2 instead of 0.08 (a 0.08 crop of a 96 px view is ~27 px); blur sigma " +
-      "scaled by 96/224 to 0.04-0.86 px",
-      "no per-branch batch rescale (a fixed 96 px run)",
-      "kNN with k = 20 (a few thousand images: 200 neighbours would span whole small classes); " +
-      "kNN every 500 steps and at the end, when labels exist",
+      departure(
+        ["arch", "widths", "smallImage", "imageSize"],
+        "for a folder of a few thousand photos (--data DIR, labelled or not): torchvision's " +
+          "ResNet-18 (64/128/256/512, 7x7 stride-2 stem and max pool, so the exported backbone is " +
+          "torchvision.models.resnet18) at 96x96 instead of ResNet-50 at 224",
+      ),
+      departure(
+        ["batch", "accum", "ranks", "lr", "warmupEpochs", "lrSchedule"],
+        "batch 128 on one device, lr 2.0 with a 10-epoch warm-up, per-step cosine (METHOD.md's " +
+          "scaling gives 4.8*128/4096 = 0.15, too slow for a run of a few thousand steps, as the " +
+          "small preset found; not tuned on photos yet)",
+      ),
+      departure(
+        ["steps", "epochs"],
+        "100 epochs: ~2,300 steps for 3,000 photos, sized for about an hour on a GPU when the " +
+          "photos are stored at about 256 px (jpeg-js decodes a 1536x1536 JPEG in 0.3-0.8 s, a " +
+          "full-size camera photo in seconds: shrink them first, see the README); an estimate, " +
+          "not yet timed on a GPU",
+      ),
+      departure(
+        ["projectorHidden", "projectorOut", "predictorHidden"],
+        "projector/predictor 512 -> 2048 -> 256 (METHOD.md: 2048 -> 4096 -> 256), scaled with the " +
+          "backbone's 512 features",
+      ),
+      departure(
+        ["cropScaleMin", "blurSigma"],
+        "crop scale from 0.2 instead of 0.08 (a 0.08 crop of a 96 px view is ~27 px); blur sigma " +
+          "scaled by 96/224 to 0.04-0.86 px",
+      ),
+      departure(
+        ["randomRescale"],
+        "no per-branch batch rescale (a fixed 96 px run)",
+      ),
+      departure(
+        ["knnK", "evalEvery"],
+        "kNN with k = 20 (a few thousand images: 200 neighbours would span whole small classes); " +
+          "kNN every 500 steps and at the end, when labels exist",
+      ),
       ...COMMON_DEVIATIONS,
     ],
     arch: "resnet18",

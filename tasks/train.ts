@@ -18,7 +18,6 @@ import { writeInsightPictures } from "./pictures.ts";
 import { readConfigFile } from "./config_file.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
 import { departuresOf } from "./departures.ts";
-import { writeFileAtomic } from "../models/safetensors.ts";
 import {
   augmentConfig,
   EVAL_FORWARD_BATCH,
@@ -40,6 +39,7 @@ import {
   fallbackWarning,
   Interrupts,
   RunFiles,
+  writeJsonAtomic,
   writeSummary,
 } from "./train_run.ts";
 
@@ -210,16 +210,13 @@ async function runTraining(
     await TrainingLog.truncate(files.metrics, startStep);
     if (extendsRun(flags)) {
       // Resuming again (or repeating the run with --config) continues to the new length.
-      await writeFileAtomic(
-        files.config,
-        new TextEncoder().encode(JSON.stringify(config, null, 1) + "\n"),
-      );
+      await writeJsonAtomic(files.config, config);
     }
     progress.log(`resumed at step ${startStep}`);
   } else if (lead) {
     // Everything is validated and loaded: only now is the run directory written.
     await files.startNew();
-    await Deno.writeTextFile(files.config, JSON.stringify(config, null, 1) + "\n");
+    await writeJsonAtomic(files.config, config);
   }
   const sync = mpi
     ? new GradientSync(gpu, mpi, model.online.parameters(), model.online.states(), {

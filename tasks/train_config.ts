@@ -3,7 +3,6 @@
  * against a preset into the run's {@link TrainConfig}; plus the settings derived from a config
  * that several tasks need (model, augmentation, evaluation, datasets).
  */
-import { parseArgs } from "node:util";
 import {
   type Dataset,
   DATASET_NAMES,
@@ -18,20 +17,20 @@ import { LOSS_KINDS } from "../models/loss.ts";
 import type { PlanKind } from "../runtime/gpu.ts";
 import {
   finiteNumber,
+  flagHelp,
+  type FlagRow,
   kernelPlanSetting,
   nonNegativeInt,
   oneOf,
+  parseFlagTable,
   positiveInt,
   UserError,
 } from "./cli.ts";
 import { PRESETS, type TrainConfig } from "./presets.ts";
 import { departuresOf } from "./departures.ts";
 
-/** One command-line flag: its value placeholder (none: a switch) and its help text. */
-interface FlagSpec {
-  name: string;
-  value?: string;
-  help: string;
+/** One flag of `deno task train` (tasks/cli.ts's table row) and its default preset's value. */
+interface FlagSpec extends FlagRow {
   /** The default preset's value, shown in --help. */
   preset?: (preset: TrainConfig) => unknown;
 }
@@ -232,20 +231,15 @@ export const TRAIN_FLAGS: FlagSpec[] = [
 
 /** `deno task train --help`, generated from {@link TRAIN_FLAGS} and the default preset. */
 export function trainHelp(): string {
-  const rows = TRAIN_FLAGS.map((f) => {
-    const left = `  --${f.name}${f.value ? ` ${f.value}` : ""}`;
-    const shown = f.preset?.(PRESETS.small);
-    const suffix = shown === undefined ? "" : ` (small: ${shown})`;
-    return `${left.padEnd(23)}${f.help}${suffix}`;
-  });
-  return [
-    "usage: deno task train [flags]",
-    "",
-    "Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2021).",
-    "Defaults come from the preset; (small: X) is the default preset's value.",
-    "",
-    ...rows,
-  ].join("\n");
+  return flagHelp(
+    "deno task train [flags]",
+    "Self-supervised pretraining with the truncated triplet loss (Wang et al., ICCV 2021).\n" +
+      "Defaults come from the preset; (small: X) is the default preset's value.",
+    TRAIN_FLAGS.map((f) => {
+      const shown = f.preset?.(PRESETS.small);
+      return { ...f, help: f.help + (shown === undefined ? "" : ` (small: ${shown})`) };
+    }),
+  );
 }
 
 /** Parsed flags: strings and switches by flag name. */
@@ -253,29 +247,7 @@ export type Flags = Record<string, string | boolean | undefined>;
 
 /** Parse the command line against {@link TRAIN_FLAGS}. */
 export function parseTrainFlags(args: string[]): Flags {
-  // `--steps -5` would read as a flag "-5": join such values so the flag's own check names them.
-  const takesValue = new Set(TRAIN_FLAGS.filter((f) => f.value).map((f) => `--${f.name}`));
-  args = args.flatMap((arg, i) =>
-    takesValue.has(arg) && /^-[\d.]/.test(args[i + 1] ?? "")
-      ? [`${arg}=${args[i + 1]}`]
-      : i > 0 && takesValue.has(args[i - 1]) && /^-[\d.]/.test(arg)
-      ? []
-      : [arg]
-  );
-  const options = Object.fromEntries(
-    TRAIN_FLAGS.map((f) => [
-      f.name,
-      {
-        type: f.value ? "string" as const : "boolean" as const,
-        ...(f.name === "help" ? { short: "h" } : {}),
-      },
-    ]),
-  );
-  try {
-    return parseArgs({ args, options }).values;
-  } catch (e) {
-    throw new UserError(`${(e as Error).message} (see --help)`);
-  }
+  return parseFlagTable(TRAIN_FLAGS, args);
 }
 
 /** Flags that are about this invocation, not the run's recipe (not written as overrides). */
@@ -341,8 +313,11 @@ export function resolveConfig(
   config.epochs = positiveInt("epochs", str("epochs")) ?? config.epochs;
   if (str("epochs") !== undefined) config.steps = undefined;
   config.steps = nonNegativeInt("steps", str("steps")) ?? config.steps;
-  // METHOD.md's linear scaling: without --lr, the preset's lr follows the effective batch.
-  const presetImagesPerStep = config.batch * config.accum * config.ranks;
+  // METHOD.md's linear scaling: without --lr, the lr follows the effective batch. Its reference is
+  // the file's batch when the file sets the lr (a run's config.json), else the preset's, so a file
+  // that changes only the batch scales the lr as --batch does.
+  const reference = file.lr !== undefined ? config : preset;
+  const presetImagesPerStep = reference.batch * reference.accum * reference.ranks;
   config.batch = positiveInt("batch", str("batch")) ?? config.batch;
   config.accum = positiveInt("accum", str("accum")) ?? config.accum;
   config.ranks = ranks;
@@ -410,11 +385,15 @@ export function resolveConfig(
     throw new UserError("--batch must be at least 2 (BatchNorm and negatives need two images)");
   }
   const negatives = config.batch - 1;
+  // A window given by --window or by the file (other than the preset's) is checked, not shrunk.
+  const fileWindow = file.loss?.window !== undefined &&
+    JSON.stringify(file.loss.window) !== JSON.stringify(preset.loss.window);
   if (loss.kind === "triplet" && loss.window && loss.window[1] > negatives) {
-    if (str("window") !== undefined) {
+    if (str("window") !== undefined || fileWindow) {
       throw new UserError(
-        `--window ${loss.window} needs ${loss.window[1]} negatives, but a batch of ` +
-          `${config.batch} has ${negatives}: use a larger --batch or a smaller window`,
+        `${str("window") !== undefined ? "--window" : "--config's loss.window"} ${loss.window} ` +
+          `needs ${loss.window[1]} negatives, but a batch of ${config.batch} has ${negatives}: ` +
+          "use a larger --batch or a smaller window (--window)",
       );
     }
     // The preset's window does not fit a tiny batch (e.g. a smoke test): shrink it, and say so
@@ -444,6 +423,13 @@ function applyFolderFlags(config: TrainConfig, flags: Flags): void {
       if (str(name) !== undefined) {
         throw new UserError(`--${name} applies to --dataset folder only, not ${config.dataset}`);
       }
+    }
+    // From --config: evaluationData would otherwise evaluate this dataset's run on that folder.
+    if (config.evalData !== undefined) {
+      throw new UserError(
+        `--config's evalData ${config.evalData} applies to --dataset folder only, not ` +
+          `${config.dataset}: remove it from the file`,
+      );
     }
   }
   if (config.evalData !== undefined && config.evaluation === "none") {

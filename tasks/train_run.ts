@@ -21,6 +21,7 @@ import {
 } from "../models/training_log.ts";
 import { bernoulliK } from "../models/bernoulli.ts";
 import { parameterCount } from "../models/resnet.ts";
+import { writeFileAtomic } from "../models/safetensors.ts";
 import type { MemoryEstimate } from "../models/memory.ts";
 import { formatDuration, Progress, UserError } from "./cli.ts";
 import type { TrainConfig } from "./presets.ts";
@@ -321,9 +322,14 @@ export async function writeSummary(
     ...(notEvaluated === undefined ? {} : { evaluation: `not evaluated: ${notEvaluated}` }),
     ...insight,
   };
-  await Deno.writeTextFile(files.summary, JSON.stringify(summary, null, 1) + "\n");
+  await writeJsonAtomic(files.summary, summary);
   await Deno.writeTextFile(files.curves, await curvesSvg(metrics));
   return summary;
+}
+
+/** A run file as indented JSON, written whole (a crash leaves the old file or the new one). */
+export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  return writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(value, null, 1) + "\n"));
 }
 
 /** The run's one-line ending. */

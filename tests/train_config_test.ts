@@ -154,6 +154,13 @@ const BAD_CONFIG_FILES: [string, string, RegExp][] = [
     /"steps" must be a non-negative integer, got "100".*--steps/,
   ],
   ["an out-of-range value", '{"emaBase": 1.5}', /"emaBase" must be a number in \[0, 1\), got 1.5/],
+  ["an inherited name", '{"hasOwnProperty": "x"}', /unknown key "hasOwnProperty"/],
+  ["a prototype key", '{"constructor": 1}', /unknown key "constructor"/],
+  [
+    "an inherited loss key",
+    '{"loss": {"kind": "triplet", "toString": 1}}',
+    /unknown key "loss.toString"/,
+  ],
   ["a bad nested loss key", '{"loss": {"kind": "triplet", "windw": [2, 10]}}', /"loss.windw"/],
   ["a bad window", '{"loss": {"kind": "triplet", "window": [10, 2]}}', /"loss.window" must be/],
   ["an unknown preset", '{"preset": "huge"}', /"preset" must be one of small/],
@@ -257,4 +264,51 @@ Deno.test("train config: the loud fallback-adapter warning is for large runs on 
     fallbackWarning(resolveConfig({}), cpu, { ...memory, stepBytes: 2 ** 31 }) ?? "",
     /preset small .*~2\.0 GiB of activations per step/s,
   );
+});
+
+Deno.test("train config: --config values are checked against each other as the flags are", () => {
+  // A file that changes only the batch scales the preset's lr as --batch does; a file that sets
+  // the lr (a run's config.json) keeps it.
+  assert.equal(resolveConfig({}, 1, { batch: 128 }).lr, resolveConfig({ batch: "128" }).lr);
+  assert.equal(resolveConfig({}, 1, { batch: 128 }).lr, PRESETS.small.lr * 2);
+  assert.equal(resolveConfig({}, 1, { batch: 128, lr: 1.5 }).lr, 1.5);
+  assert.equal(resolveConfig({ batch: "32" }, 1, { batch: 128, lr: 1.5 }).lr, 1.5 / 4);
+  // The file's own window does not fit its batch: refused like --window, not shrunk.
+  assert.throws(
+    () => resolveConfig({}, 1, { batch: 8, loss: { kind: "triplet", window: [2, 200] } }),
+    (e: Error) =>
+      e instanceof UserError && /--config's loss.window 2,200 needs 200/.test(e.message),
+  );
+  // The preset's window in a file still shrinks to a small batch, as without the file.
+  assert.deepEqual(
+    resolveConfig({ batch: "8" }, 1, { loss: { ...PRESETS.small.loss } }).loss.window,
+    [7, 7],
+  );
+  // evalData is an image folder to evaluate a folder run on; any other dataset refuses it.
+  assert.throws(
+    () => resolveConfig({}, 1, { evalData: "/x" }),
+    (e: Error) =>
+      e instanceof UserError && /evalData \/x applies to --dataset folder only/.test(e.message),
+  );
+});
+
+Deno.test("train config: the folder-96 preset's departures follow the flags too", () => {
+  const unchanged = resolveConfig({ preset: "folder-96", data: "/x" }).deviations;
+  assert.deepEqual(unchanged, PRESETS["folder-96"].deviations);
+  const text = resolveConfig({
+    preset: "folder-96",
+    data: "/x",
+    batch: "64",
+    epochs: "5",
+    "crop-scale": "0.5",
+  }).deviations.join("\n");
+  assert.doesNotMatch(text, /^batch 128 on one device/m, "the preset's batch is not claimed");
+  assert.doesNotMatch(text, /^100 epochs/m, "nor its length");
+  assert.doesNotMatch(text, /^crop scale from 0.2/m, "nor its crop scale");
+  assert.match(text, /^batch 64 x accum 1 x 1 process = 64 images per step \(preset folder-96:/m);
+  assert.match(text, /^lr 1 \(preset folder-96: lr 2; scaled with the images per step;/m);
+  assert.match(text, /^5 epochs \(preset folder-96: 100 epochs;/m);
+  assert.match(text, /^cropScaleMin 0.5 \(preset folder-96: cropScaleMin 0.2;/m);
+  // Departures untouched by the flags stay word for word.
+  assert.ok(text.includes(PRESETS["folder-96"].deviations[0]));
 });
