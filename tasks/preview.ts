@@ -6,7 +6,13 @@
  */
 import { encode as encodePng } from "fast-png";
 import { acquireGpu } from "../runtime/gpu.ts";
-import { DATASET_NAMES, DatasetError, loadDataset, shuffledOrder } from "../data/dataset.ts";
+import {
+  DATASET_NAMES,
+  DatasetError,
+  LABEL_MODES,
+  loadDataset,
+  shuffledOrder,
+} from "../data/dataset.ts";
 import { Augmenter } from "../data/augment.ts";
 import { augmentConfigFor } from "../data/augment_config.ts";
 import { composeGrid } from "../data/grid.ts";
@@ -34,6 +40,11 @@ export const PREVIEW_FLAGS: FlagRow[] = [
   { name: "step", value: "K", help: "training step whose views are shown (default 0)" },
   { name: "size", value: "S", help: "view size (default: the image size, at most 224)" },
   { name: "image-size", value: "N", help: "folder datasets: stored image size (default 256)" },
+  {
+    name: "labels",
+    value: "MODE",
+    help: "folder datasets: auto | folders | none, as for train (a mixed layout needs none)",
+  },
   { name: "help", help: "this text" },
 ];
 
@@ -59,17 +70,22 @@ async function main(): Promise<number> {
   const step = nonNegativeInt("step", values.step) ?? 0;
   const name = oneOf("dataset", values.dataset, DATASET_NAMES)!;
   const imageSize = positiveInt("image-size", values["image-size"]) ?? 256;
+  const labels = oneOf("labels", values.labels, LABEL_MODES);
+  if (labels !== undefined && name !== "folder") {
+    throw new UserError(`--labels applies to --dataset folder only, not ${name}`);
+  }
   const requestedSize = positiveInt("size", values.size);
   await writableFile("out", values.out);
   if (values.data !== undefined) await existingDirectory("data", values.data);
   if (name === "folder" && values.data === undefined) {
     throw new UserError("--dataset folder needs --data DIR (a folder of images)");
   }
-  const dataset = await loadDataset(name, { dir: values.data, split: "train", imageSize }).catch(
-    (e) => {
-      throw e instanceof DatasetError ? new UserError(e.message) : e;
-    },
-  );
+  const dataset = await loadDataset(name, { dir: values.data, split: "train", imageSize, labels })
+    .catch(
+      (e) => {
+        throw e instanceof DatasetError ? new UserError(e.message) : e;
+      },
+    );
   try {
     const size = requestedSize ?? Math.min(dataset.height, 224);
     const gpu = await acquireGpu({ log: true });

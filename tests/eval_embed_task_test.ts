@@ -167,6 +167,8 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
     /--data \/nonexistent: no such directory/,
   ],
   ["preview", ["--dataset", "cifar10", "--data", "RUN/empty", "--out", "RUN/p.png"], /empty/],
+  ["preview", ["--labels", "maybe", "--out", "RUN/p.png"], /--labels must be one of auto/],
+  ["preview", ["--labels", "none", "--out", "RUN/p.png"], /--labels applies to --dataset folder/],
 ];
 
 Deno.test({
