@@ -94,19 +94,27 @@ function reductionLayout(
   while (tileChannels < 64 && tileChannels < channels) tileChannels *= 2;
   const lanes = WORKGROUP_THREADS / tileChannels;
   const channelTiles = ceilDiv(channels, tileChannels);
-  const step = lanes * rowsPerStep;
-  const maxBlocks = Math.max(1, ceilDiv(rows, step));
-  const wantedBlocks = Math.min(
-    maxBlocks,
-    Math.max(1, ceilDiv(targetWorkgroups, channelTiles)),
-  );
-  const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), step) * step;
   return {
     tileChannels,
     channelTiles,
-    rowsPerBlock,
-    numBlocks: Math.max(1, ceilDiv(rows, rowsPerBlock)),
+    ...rowBlocks(rows, lanes * rowsPerStep, channelTiles, targetWorkgroups),
   };
+}
+
+/**
+ * Row blocks of a partial pass: enough blocks that `tiles` column tiles of them reach the target
+ * workgroups, each block a whole number of `step` rows.
+ */
+function rowBlocks(
+  rows: number,
+  step: number,
+  tiles: number,
+  targetWorkgroups: number,
+): { rowsPerBlock: number; numBlocks: number } {
+  const maxBlocks = Math.max(1, ceilDiv(rows, step));
+  const wantedBlocks = Math.min(maxBlocks, Math.max(1, ceilDiv(targetWorkgroups, tiles)));
+  const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), step) * step;
+  return { rowsPerBlock, numBlocks: Math.max(1, ceilDiv(rows, rowsPerBlock)) };
 }
 
 /**
@@ -122,18 +130,7 @@ function vec4ReductionLayout(
   while (tileColumns < 16 && tileColumns < columns) tileColumns *= 2;
   const lanes = WORKGROUP_THREADS / tileColumns;
   const columnTiles = ceilDiv(columns, tileColumns);
-  const maxBlocks = Math.max(1, ceilDiv(rows, lanes));
-  const wantedBlocks = Math.min(
-    maxBlocks,
-    Math.max(1, ceilDiv(targetWorkgroups, columnTiles)),
-  );
-  const rowsPerBlock = ceilDiv(ceilDiv(rows, wantedBlocks), lanes) * lanes;
-  return {
-    tileColumns,
-    columnTiles,
-    rowsPerBlock,
-    numBlocks: Math.max(1, ceilDiv(rows, rowsPerBlock)),
-  };
+  return { tileColumns, columnTiles, ...rowBlocks(rows, lanes, columnTiles, targetWorkgroups) };
 }
 
 function uniforms(

@@ -5,8 +5,7 @@
  * (widths 4/4/8/8) saved into a run directory.
  */
 import assert from "node:assert/strict";
-import { gpuTest, testGpu } from "./util.ts";
-import { SslModel } from "../models/ssl.ts";
+import { gpuTest, testGpu, tinySslModel } from "./util.ts";
 import { saveCheckpoint } from "../models/checkpoint.ts";
 import { PRESETS } from "../tasks/presets.ts";
 
@@ -16,19 +15,7 @@ const ROOT = new URL("..", import.meta.url).pathname;
 async function runDirectory(): Promise<string> {
   const dir = await Deno.makeTempDir();
   const gpu = await testGpu();
-  const model = new SslModel(
-    gpu,
-    {
-      backbone: { arch: "resnet18", inChannels: 1, smallImage: true, widths: [4, 4, 8, 8] },
-      projectorHidden: 8,
-      projectorOut: 4,
-      predictorHidden: 8,
-      loss: { kind: "triplet", window: [1, 2] },
-    },
-    4,
-    0,
-    { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
-  );
+  const model = tinySslModel(gpu, 1);
   await saveCheckpoint(`${dir}/checkpoint.safetensors`, model, {
     step: 0,
     trainConfig: PRESETS.small,

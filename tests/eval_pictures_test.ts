@@ -5,8 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { decode as decodePng, encode as encodePng } from "fast-png";
-import { gpuTest, testGpu } from "./util.ts";
-import { SslModel } from "../models/ssl.ts";
+import { gpuTest, testGpu, tinySslModel } from "./util.ts";
 import { saveCheckpoint } from "../models/checkpoint.ts";
 import { PRESETS } from "../tasks/presets.ts";
 
@@ -36,19 +35,7 @@ Deno.test({
     await writeFolder(`${dir}/data`, "train", 12);
     await writeFolder(`${dir}/data`, "val", 4);
     const gpu = await testGpu();
-    const model = new SslModel(
-      gpu,
-      {
-        backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: [4, 4, 8, 8] },
-        projectorHidden: 8,
-        projectorOut: 4,
-        predictorHidden: 8,
-        loss: { kind: "triplet", window: [1, 2] },
-      },
-      4,
-      0,
-      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
-    );
+    const model = tinySslModel(gpu, 3);
     const checkpoint = `${dir}/checkpoint.safetensors`;
     await saveCheckpoint(checkpoint, model, {
       step: 0,
@@ -126,19 +113,7 @@ Deno.test({
     // ... and 18.png, which the hash holds out: the test split is not empty.
     await Deno.copyFile(classFiles[0], `${dir}/photos/18.png`);
     const gpu = await testGpu();
-    const model = new SslModel(
-      gpu,
-      {
-        backbone: { arch: "resnet18", inChannels: 3, smallImage: true, widths: [4, 4, 8, 8] },
-        projectorHidden: 8,
-        projectorOut: 4,
-        predictorHidden: 8,
-        loss: { kind: "triplet", window: [1, 2] },
-      },
-      4,
-      0,
-      { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
-    );
+    const model = tinySslModel(gpu, 3);
     const run = {
       ...PRESETS.small,
       dataset: "folder" as const,

@@ -1,5 +1,6 @@
 /** Shared test helpers: the validating GPU, seeded random data and the tolerance check. */
 import { acquireGpu, type Gpu, type PlanKind } from "../runtime/gpu.ts";
+import { SslModel } from "../models/ssl.ts";
 export { Rng } from "../runtime/random.ts";
 
 /** The shared GPU with per-dispatch validation scopes on, so bad dispatches throw by name. */
@@ -85,4 +86,21 @@ export async function withKernelPlan<T>(
   } finally {
     gpu.settings = saved;
   }
+}
+
+/** A tiny untrained SslModel (ResNet-18 at widths 4/4/8/8, batch 4) for checkpoint-reading tests. */
+export function tinySslModel(gpu: Gpu, inChannels: number): SslModel {
+  return new SslModel(
+    gpu,
+    {
+      backbone: { arch: "resnet18", inChannels, smallImage: true, widths: [4, 4, 8, 8] },
+      projectorHidden: 8,
+      projectorOut: 4,
+      predictorHidden: 8,
+      loss: { kind: "triplet", window: [1, 2] },
+    },
+    4,
+    0,
+    { momentum: 0.9, weightDecay: 1e-6, eta: 0.001 },
+  );
 }
