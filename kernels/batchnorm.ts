@@ -31,6 +31,8 @@ const DEFAULT_MOMENTUM = 0.1;
 const WORKGROUP_THREADS = 256;
 /** Rows one thread of stats_partial holds in registers per step (CHUNK in the WGSL). */
 const STATS_CHUNK = 8;
+/** Threads per workgroup of stats_final (one per channel). */
+const STATS_FINAL_THREADS = 64;
 /** Enough workgroups in a partial pass to fill a large GPU; more only adds partials to merge. */
 const TARGET_PARTIAL_WORKGROUPS = 512;
 /**
@@ -171,8 +173,14 @@ function elementwisePass(
   s: BatchNormShape,
 ): { kernel: Kernel<BindingName>; workgroups: [number, number] } {
   if (s.channels % 4 === 0) {
+    // Each thread's vec4s lie WORKGROUP_THREADS apart: one channel per thread when that stride is
+    // a multiple of the vec4 columns.
+    const sameChannel = WORKGROUP_THREADS % (s.channels / 4) === 0 ? 1 : 0;
     return {
-      kernel: gpu.kernel(BATCHNORM_VEC4, { entryPoint, constants }),
+      kernel: gpu.kernel(BATCHNORM_VEC4, {
+        entryPoint,
+        constants: { ...constants, SAME_CHANNEL: sameChannel },
+      }),
       workgroups: grid1d(
         Math.ceil(s.rows * s.channels / VEC4_FLOATS_PER_WORKGROUP),
         gpu.limits.maxComputeWorkgroupsPerDimension,
@@ -262,19 +270,34 @@ export function batchNormTrainForward(
     ...(residual ? { residual } : {}),
   });
   checkNotInPlace(name, ["y", y], { x, gamma, beta, ...(residual ? { residual } : {}) });
-  const layout = reductionLayout(s.rows, s.channels, STATS_CHUNK, partialWorkgroups(gpu));
-  const tile = { TILE_C: layout.tileChannels };
-  const partials = gpu.empty([layout.numBlocks, 3, s.channels], "f32", "batchnorm partials");
-  const params = uniforms(s, layout);
-  gpu.dispatch(kernel(gpu, "stats_partial", tile), {
-    uniforms: params,
-    storage: { x, partials },
-    workgroups: [layout.channelTiles, layout.numBlocks],
-  });
-  gpu.dispatch(kernel(gpu, "stats_final", tile), {
+  const target = partialWorkgroups(gpu);
+  // With C % 4 == 0 the partial pass reads vec4s (a quarter of the loads; its own row blocks).
+  const vec4 = s.channels % 4 === 0
+    ? vec4ReductionLayout(s.rows, s.channels / 4, target)
+    : undefined;
+  const scalar = reductionLayout(s.rows, s.channels, STATS_CHUNK, target);
+  const numBlocks = vec4?.numBlocks ?? scalar.numBlocks;
+  const partials = gpu.empty([numBlocks, 3, s.channels], "f32", "batchnorm partials");
+  const params = uniforms(s, vec4 ?? scalar);
+  if (vec4) {
+    gpu.dispatch(
+      gpu.kernel(BATCHNORM_VEC4, {
+        entryPoint: "stats_partial",
+        constants: { TILE_C4: vec4.tileColumns },
+      }),
+      { uniforms: params, storage: { x, partials }, workgroups: [vec4.columnTiles, numBlocks] },
+    );
+  } else {
+    gpu.dispatch(kernel(gpu, "stats_partial", { TILE_C: scalar.tileChannels }), {
+      uniforms: params,
+      storage: { x, partials },
+      workgroups: [scalar.channelTiles, numBlocks],
+    });
+  }
+  gpu.dispatch(kernel(gpu, "stats_final", {}), {
     uniforms: params,
     storage: { partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar },
-    workgroups: [layout.channelTiles],
+    workgroups: [ceilDiv(s.channels, STATS_FINAL_THREADS)],
   });
   const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, false), s);
   gpu.dispatch(pass.kernel, {

@@ -6,8 +6,9 @@
 //   1. *_partial: workgroup (tile, block) reduces TILE_C channels over one block of rows_per_block
 //      rows; 256 threads = TILE_C columns x LANES row lanes (consecutive threads read consecutive
 //      channels of a row). Lanes merge in a fixed tree in workgroup memory; one partial per block.
-//   2. *_final: workgroup (tile) merges the num_blocks partials of TILE_C channels: each lane walks
-//      blocks lane, lane + LANES, ... in order, then the same fixed tree.
+//   2. grad_final: workgroup (tile) merges the num_blocks partials of TILE_C channels: each lane
+//      walks blocks lane, lane + LANES, ... in order, then the same fixed tree. stats_final: one
+//      thread per channel merges the blocks in order.
 // Mean and variance use Chan et al.'s pairwise combination of (count, mean, centred sum of squares):
 // each thread takes CHUNK rows into registers, computes their mean and then their *centred* sum of
 // squares exactly (two passes over registers), and merges; no sum-of-squares cancellation.
@@ -32,7 +33,8 @@
 //  15 dx [rows, C]             (read_write)
 //  16 residual [rows, C]       (read)        normalize with RESIDUAL: added before the ReLU (the
 //                                            shortcut of a ResNet block), y = relu(bn(x) + residual)
-// Dispatch grids: *_partial (ceil(C / TILE_C), num_blocks); *_final (ceil(C / TILE_C));
+// Dispatch grids: *_partial (ceil(C / TILE_C), num_blocks); grad_final (ceil(C / TILE_C));
+// stats_final (ceil(C / 64));
 // normalize and input_grad ceil(rows * C / 1024) workgroups folded into x-y (grid1d), each thread
 // handling 4 elements 256 apart.
 
@@ -170,37 +172,24 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>,
   }
 }
 
-@compute @workgroup_size(256)
-fn stats_final(@builtin(workgroup_id) wid: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-  let lanes = WG / TILE_C;
-  let col = lid % TILE_C;
-  let lane = lid / TILE_C;
-  let c = wid.x * TILE_C + col;
+// One thread per channel merges the num_blocks partials in block order: a few merges per
+// channel, with no workgroup tree and no barriers (which dominated this small pass on CPUs).
+@compute @workgroup_size(64)
+fn stats_final(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let c = gid.x;
+  if (c >= params.channels) { return; }
   var acc = Moments(0.0, 0.0, 0.0);
-  if (c < params.channels) {
-    for (var b = lane; b < params.num_blocks; b += lanes) {
-      let base = b * 3u * params.channels + c;
-      acc = merge(acc, Moments(partials[base], partials[base + params.channels],
-                               partials[base + 2u * params.channels]));
-    }
+  for (var b = 0u; b < params.num_blocks; b++) {
+    let base = b * 3u * params.channels + c;
+    acc = merge(acc, Moments(partials[base], partials[base + params.channels],
+                             partials[base + 2u * params.channels]));
   }
-  shared_n[lid] = acc.n;
-  shared_mean[lid] = acc.mean;
-  shared_m2[lid] = acc.m2;
-  workgroupBarrier();
-  tree_merge_lanes(lane, col);
-  if (lane == 0u && c < params.channels) {
-    let n = shared_n[col];
-    let batch_mean = shared_mean[col];
-    let m2 = shared_m2[col];
-    mean[c] = batch_mean;
-    // Normalisation uses the biased variance; the running estimate the unbiased one (PyTorch).
-    inv_std[c] = 1.0 / sqrt(m2 / n + params.eps);
-    let m = params.momentum;
-    running_mean[c] = (1.0 - m) * running_mean[c] + m * batch_mean;
-    running_var[c] = (1.0 - m) * running_var[c] + m * (m2 / (n - 1.0));
-  }
+  mean[c] = acc.mean;
+  // Normalisation uses the biased variance; the running estimate the unbiased one (PyTorch).
+  inv_std[c] = 1.0 / sqrt(acc.m2 / acc.n + params.eps);
+  let m = params.momentum;
+  running_mean[c] = (1.0 - m) * running_mean[c] + m * acc.mean;
+  running_var[c] = (1.0 - m) * running_var[c] + m * (acc.m2 / (acc.n - 1.0));
 }
 
 fn first_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {

@@ -99,11 +99,15 @@ const trainShapes: [number, number][] = [
   [3001, 5], // tall and skinny: many row blocks, uneven last block
   [64, 300], // short and wide
   [2, 67],
-  // C % 4 == 0: the vec4 partial pass of the backward (1, 2 and 16 vec4 columns per workgroup).
+  // C % 4 == 0: the vec4 partial passes (1, 2 and 16 vec4 columns per workgroup).
   [3001, 4],
   [777, 8],
   [50, 64],
   [9, 100],
+  // Several elementwise workgroups (4096 floats each), the last one partial: one channel per
+  // thread (C / 4 divides 256) and per element (C / 4 = 12 does not).
+  [301, 64],
+  [130, 48],
 ];
 
 for (const [rows, channels] of trainShapes) {
