@@ -192,6 +192,14 @@ export interface WeightGradPlan {
 
 /** Slices keep at least this many pixels, so the scratch and second pass stay small. */
 const MIN_SLICE_PIXELS = 256;
+/**
+ * Lane slices also pay for narrow layers (N <= 32: at least 4 rows of invocations) up to this M,
+ * measured on lavapipe (12-02, per call, lane slices vs row tiles): M = 144, N = 16 (3x3 16 -> 16
+ * at 14x14) 1.9x; M = 288, N = 32 (3x3 32 -> 32 at 28x28) 1.75x; M = 72, N = 8 1.07x; but
+ * M = 576, N = 32 0.53x and M = 576, N = 16 0.52x, and with 2 rows of invocations (N = 64)
+ * 0.5-0.6x.
+ */
+const LANE_SLICE_MAX_ROWS = 288;
 
 /**
  * Tile and split the weight gradient (M = kernel taps x input channels, N = output channels, K =
@@ -199,7 +207,7 @@ const MIN_SLICE_PIXELS = 256;
  * invocation's 16 rows (the 3x3 stem on gray images: M = 9; 1x1 convolutions of <= 16 input
  * channels) and invocations load directly (CPU adapters), the workgroup's rows of invocations
  * would mostly load rows past M and be discarded; instead each row of invocations takes its own
- * K slice.
+ * K slice. The same layout is used for narrow layers with a small M (LANE_SLICE_MAX_ROWS).
  */
 export function convWeightGradPlan(
   device: PlanDevice,
@@ -210,8 +218,8 @@ export function convWeightGradPlan(
   const direct = !convStaged(device);
   const wgX = columnLanes(n, direct);
   const laneRows = Math.max(1, 8 / wgX);
-  const laneSlices = direct && m <= 16 && laneRows > 1 &&
-    pixels >= MIN_SLICE_PIXELS * laneRows;
+  const laneSlices = direct && laneRows > 1 && pixels >= MIN_SLICE_PIXELS * laneRows &&
+    (m <= 16 || (laneRows >= 4 && m <= LANE_SLICE_MAX_ROWS));
   const tile = laneSlices
     ? { ...tileShape(wgX, laneRows, false), tileM: 16 }
     : convTile(device, m, n, true);

@@ -330,6 +330,21 @@ const cases: { name: string; shape: Conv2dShape; bias: boolean; accumulate: bool
     accumulate: false,
   },
   {
+    name: "3x3 12 -> 12 (weight gradient on CPU plans: M = 108 in 7 row blocks of lane slices)",
+    shape: {
+      batch: 12,
+      inHeight: 14,
+      inWidth: 14,
+      inChannels: 12,
+      outChannels: 12,
+      kernelSize: 3,
+      stride: 1,
+      padding: 1,
+    },
+    bias: false,
+    accumulate: true,
+  },
+  {
     name: "channel counts not multiples of 4 everywhere (scalar paths), no padding",
     shape: {
       batch: 2,

@@ -113,6 +113,21 @@ Deno.test("plan: weight gradient of a 1x1 convolution of 8 input channels takes 
   assert.deepEqual([plan.slices, plan.sliceLen, plan.laneSlices], [56, 256, true]);
 });
 
+Deno.test("plan: weight gradients of narrow layers with M <= 288 take lane slices on CPUs", () => {
+  // Small preset layer2 3x3 16->16 @14 batch 64: M = 144, N = 16, K = 12544. 9 row blocks of 16;
+  // ceil(8 x 2 slots x 8 lanes / 9) = 15 slices of 848 pixels, rounded up to 2 workgroups of 8.
+  const plan = convWeightGradPlan(CPU, 144, 16, 12544);
+  assert.deepEqual(tileOf(plan.tile), [1, 8, 16, 16, 0]);
+  assert.deepEqual([plan.slices, plan.sliceLen, plan.laneSlices], [16, 848, true]);
+  // Reference step stage 1, 3x3 32->32 @28: M = 288, N = 32 (4 rows of invocations).
+  assert.equal(convWeightGradPlan(CPU, 288, 32, 50176).laneSlices, true);
+  // Larger M (3x3 64->32) or 2 rows of invocations (N = 64) measured slower with lane slices.
+  assert.equal(convWeightGradPlan(CPU, 576, 32, 12544).laneSlices, false);
+  assert.equal(convWeightGradPlan(CPU, 288, 64, 12544).laneSlices, false);
+  // GPU plans stage their tiles: no lane slices.
+  assert.equal(convWeightGradPlan(GPU, 144, 16, 12544).laneSlices, false);
+});
+
 Deno.test("plan: weight gradient without lane slices when K is under 8 x 256 pixels", () => {
   // M = 9 but K = 1000: lane slices would be under the 256-pixel minimum. The sliced tile model
   // counts only work per tile: WG_Y 8 (one 128 x 16 tile); floor(1000 / 256) = 3 slices of 336.
