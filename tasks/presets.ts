@@ -119,7 +119,7 @@ export const PRESETS: Record<string, TrainConfig> = {
       departure(
         ["arch", "widths", "smallImage"],
         "ResNet-18 small-image variant (3x3 stride-1 stem, no max pool) at widths 8/16/32/64 " +
-          "(torchvision: 64/128/256/512), to train ~1,500 steps in minutes on a CPU adapter",
+          "(torchvision: 64/128/256/512), to train ~1,250 steps in minutes on a CPU adapter",
       ),
       departure(
         ["dataset", "imageSize", "cropScaleMin"],
@@ -133,17 +133,17 @@ export const PRESETS: Record<string, TrainConfig> = {
       departure(
         ["batch", "accum", "ranks", "lr", "warmupEpochs"],
         "batch 64 on one device; lr 3.0 (METHOD.md's scaling gives 4.8*64/4096 = 0.075): LARS moves " +
-          "each tensor by about lr*eta of its norm per step, so a run of ~1,500 steps needs a " +
+          "each tensor by about lr*eta of its norm per step, so a run of ~1,250 steps needs a " +
           "larger lr to move at all; warm-up 0.05 epochs (~47 steps) instead of 10 epochs",
       ),
       departure(
         ["emaBase"],
-        "EMA base momentum 0.9 instead of 0.99: a 1,500-step run cannot wait ~100 steps for the target " +
+        "EMA base momentum 0.9 instead of 0.99: a 1,250-step run cannot wait ~100 steps for the target " +
           "to follow the online network (kNN 69.7% vs 68.5% at 200 steps with crop 0.6)",
       ),
       departure(
         ["steps", "epochs", "evalEvery"],
-        "1,500 steps (~1.6 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
+        "1,250 steps (~1.3 epochs), sized to finish with evaluation in under 15 minutes on a 2-core " +
           "CPU through lavapipe; kNN every 500 steps",
       ),
       departure(
@@ -197,7 +197,7 @@ export const PRESETS: Record<string, TrainConfig> = {
     accum: 1,
     ranks: 1,
     epochs: 1,
-    steps: 1500,
+    steps: 1250,
     lr: 3.0,
     warmupEpochs: 0.05,
     lrSchedule: "per-step",

@@ -77,7 +77,7 @@ Deno.test("train config: the resnet50-imagenet preset is the released recipe on 
 Deno.test("train config: the small preset's values and its listed departures", () => {
   const c = resolveConfig({});
   assert.deepEqual(c.widths, [8, 16, 32, 64]);
-  assert.deepEqual([c.batch, c.accum, c.steps, c.lr, c.lrSchedule], [64, 1, 1500, 3, "per-step"]);
+  assert.deepEqual([c.batch, c.accum, c.steps, c.lr, c.lrSchedule], [64, 1, 1250, 3, "per-step"]);
   assert.deepEqual(c.loss.window, [11, 19]);
   for (
     const pattern of [/per-branch batch rescale/, /bilinear/, /blur sigma scaled/, /downsample/]
@@ -191,10 +191,10 @@ Deno.test("train config: the departures follow the flags, not the preset's text"
   assert.deepEqual(resolveConfig({}).deviations, PRESETS.small.deviations);
   const config = resolveConfig({ steps: "40", "ema-base": "0.99", lr: "1", loss: "infonce" });
   const text = config.deviations.join("\n");
-  assert.doesNotMatch(text, /^1,500 steps/m, "the preset's length is not claimed");
+  assert.doesNotMatch(text, /^1,250 steps/m, "the preset's length is not claimed");
   assert.doesNotMatch(text, /EMA base momentum 0.9 instead/, "nor its EMA base");
   assert.doesNotMatch(text, /^batch 64 on one device; lr 3.0/m, "nor its learning rate");
-  assert.match(text, /^40 steps \(preset small: 1500 steps; released recipe: 200 epochs\)$/m);
+  assert.match(text, /^40 steps \(preset small: 1250 steps; released recipe: 200 epochs\)$/m);
   assert.match(text, /^emaBase 0.99 \(preset small: emaBase 0.9; released recipe: emaBase 0.99\)/m);
   assert.match(text, /^lr 1 \(preset small: lr 3;/m);
   // The unchanged values the dropped departure described are still listed.

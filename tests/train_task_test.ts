@@ -121,9 +121,9 @@ Deno.test({
     // The printed departures follow the flags: the tiny run's length, not the preset's.
     assert.match(
       a.stdout,
-      /^ {2}- 4 steps \(preset small: 1500 steps; released recipe: 200 epochs\)$/m,
+      /^ {2}- 4 steps \(preset small: 1250 steps; released recipe: 200 epochs\)$/m,
     );
-    assert.doesNotMatch(a.stdout, /1,500 steps \(~1.6 epochs\)/);
+    assert.doesNotMatch(a.stdout, /1,250 steps \(~1.3 epochs\)/);
 
     // The run's config.json repeats it exactly: same config, bitwise the same losses.
     const repeat = `${base}/repeat`;
@@ -152,7 +152,7 @@ Deno.test({
     // Extending the finished run: the printed departures and its config.json say the new length.
     const longer = await train(["--resume", parts, "--steps", "5", "--no-pictures"]);
     assert.equal(longer.code, 0, longer.stderr + longer.stdout);
-    assert.match(longer.stdout, /^ {2}- 5 steps \(preset small: 1500 steps;/m);
+    assert.match(longer.stdout, /^ {2}- 5 steps \(preset small: 1250 steps;/m);
     const extended = JSON.parse(await Deno.readTextFile(`${parts}/config.json`));
     assert.equal(extended.steps, 5);
     assert.ok(extended.deviations.some((d: string) => d.startsWith("5 steps (")));
