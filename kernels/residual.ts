@@ -1,6 +1,6 @@
 /**
- * The residual join of a ResNet block: out = relu(a + b), its backward, and the masked gradient
- * join (residual.wgsl; residual_vec4.wgsl when the element count is a multiple of 4).
+ * The residual join of a ResNet block: out = relu(a + b), its backward, and the gradient joins,
+ * masked or plain (residual.wgsl; residual_vec4.wgsl when the element count is a multiple of 4).
  */
 import { ceilDiv, type Gpu, grid1d, packUniforms, type Tensor } from "../runtime/gpu.ts";
 import { kernelFile } from "../runtime/shader.ts";
@@ -49,4 +49,12 @@ export function addReluBackward(gpu: Gpu, out: Tensor, dOut: Tensor, dSum: Tenso
  */
 export function addMasked(gpu: Gpu, dBranch: Tensor, dOut: Tensor, out: Tensor, dx: Tensor): void {
   run(gpu, "add_masked", { dBranch, dOut, out }, dx);
+}
+
+/**
+ * dx = dBranch + dShortcut: a block's input gradient when the shortcut is a downsample, whose
+ * backward already saw the masked dOut.
+ */
+export function addGradients(gpu: Gpu, dBranch: Tensor, dShortcut: Tensor, dx: Tensor): void {
+  run(gpu, "add", { dBranch, dShortcut }, dx);
 }

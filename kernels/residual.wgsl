@@ -57,3 +57,14 @@ fn add_masked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i < params.n) { out[i] = a[i] + select(0.0, b[i], mask[i] > 0.0); }
   }
 }
+
+// out = a + b: a block's input gradient when the shortcut is a downsample (its own backward).
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+  let base = first_index(wid, nwg, lid);
+  for (var k = 0u; k < PER_THREAD; k++) {
+    let i = base + k * WG;
+    if (i < params.n) { out[i] = a[i] + b[i]; }
+  }
+}

@@ -4,8 +4,7 @@
  */
 import type { Tensor } from "../runtime/gpu.ts";
 import type { Rng } from "../runtime/random.ts";
-import { add } from "../kernels/elementwise.ts";
-import { addMasked, addReluBackward } from "../kernels/residual.ts";
+import { addGradients, addMasked, addReluBackward } from "../kernels/residual.ts";
 import {
   type BatchCounter,
   BatchNorm,
@@ -98,7 +97,7 @@ function joinGradients(
   }
   const dSum = ctx.activation(out.shape);
   addReluBackward(ctx.gpu, out, dOut, dSum);
-  add(ctx.gpu, dBranch, downsample.backward(dSum), dx);
+  addGradients(ctx.gpu, dBranch, downsample.backward(dSum), dx);
   return dx;
 }
 

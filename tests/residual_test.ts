@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, Rng, testGpu } from "./util.ts";
-import { addMasked, addRelu, addReluBackward } from "../kernels/residual.ts";
+import { addGradients, addMasked, addRelu, addReluBackward } from "../kernels/residual.ts";
 
 // One f32 addition, then a selection: exact up to the addition's rounding.
 const TOL = { atol: 1e-6, rtol: 1e-6 };
@@ -73,6 +73,28 @@ for (const n of [1, 1025, 4096, 100_000, 100_003]) {
       }
       assert.throws(() => addMasked(gpu, tensors[0], gpu.zeros([n + 1]), tensors[2], dx), /dOut/);
       for (const t of [...tensors, dx]) t.release();
+    },
+  });
+}
+
+for (const n of [3, 1025, 100_000, 100_003]) {
+  Deno.test({
+    name: `residual: addGradients = dBranch + dShortcut vs float64, n=${n} ` +
+      `(tol ${TOL.atol}/${TOL.rtol})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(n + 11);
+      const dBranch = rng.normals(n);
+      const dShortcut = rng.normals(n);
+      const a = gpu.upload(dBranch, [n]);
+      const b = gpu.upload(dShortcut, [n]);
+      const dx = gpu.empty([n]);
+      addGradients(gpu, a, b, dx);
+      const expected = Float64Array.from(dBranch, (g, i) => g + dShortcut[i]);
+      assertClose(await dx.read(), expected, TOL, "dx");
+      assert.throws(() => addGradients(gpu, a, gpu.zeros([n + 1]), dx), /dShortcut/);
+      for (const t of [a, b, dx]) t.release();
     },
   });
 }
