@@ -55,7 +55,17 @@ quick=()
 kernel_plan=auto
 pack=0
 with_data=0
+# An option that takes a value must have one (under set -u a missing $2 would abort unexplained).
+value_of() {
+  if [ $# -lt 2 ] || [ -z "$2" ] || [ "${2#--}" != "$2" ]; then
+    say "$1 needs a value (see --help)"
+    exit 2
+  fi
+}
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --out | --tests | --parts | --kernel-plan) value_of "$@" ;;
+  esac
   case "$1" in
     --out) out_dir="$2"; shift 2 ;;
     --allow-fallback) allow_fallback=1; shift ;;

@@ -13,10 +13,12 @@ export class UserError extends Error {
 /**
  * Run a task's main, turning errors into one clear line and a non-zero exit code: 2 for bad input
  * (a {@link UserError}, or a dataset that cannot be read: its message names the file and the fix).
- * A bad TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input.
+ * A bad TRITRAIN_KERNEL_PLAN (read by every device the task creates) is refused first, as bad input,
+ * except for --help, which needs no device.
  */
 export function runMain(task: string, main: () => Promise<number | void>): void {
-  Promise.resolve().then(() => kernelPlanSetting(undefined)).then(main).then(
+  const wantsHelp = Deno.args.some((arg) => arg === "--help" || arg === "-h");
+  Promise.resolve().then(() => wantsHelp || kernelPlanSetting(undefined)).then(main).then(
     (code) => Deno.exit(typeof code === "number" ? code : 0),
     (e) => {
       const error = e as Error;

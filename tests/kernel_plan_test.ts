@@ -264,3 +264,23 @@ Deno.test("plan kind: an unknown --kernel-plan or TRITRAIN_KERNEL_PLAN is a User
     assert.equal(kernelPlanSetting("cpu"), "cpu");
   });
 });
+
+Deno.test("plan kind: a bad TRITRAIN_KERNEL_PLAN stops a task with exit 2, but not its --help", async () => {
+  const eval_ = new URL("../tasks/eval.ts", import.meta.url).pathname;
+  const run = async (args: string[]) => {
+    const result = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--unstable-webgpu", eval_, ...args],
+      env: { TRITRAIN_KERNEL_PLAN: "fast" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = (b: Uint8Array) => new TextDecoder().decode(b);
+    return { code: result.code, stdout: text(result.stdout), stderr: text(result.stderr) };
+  };
+  const help = await run(["--help"]);
+  assert.equal(help.code, 0, help.stderr);
+  assert.match(help.stdout, /^usage: /);
+  const refused = await run(["--checkpoint", "missing.safetensors"]);
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, /TRITRAIN_KERNEL_PLAN must be one of auto, gpu, cpu; got "fast"/);
+});
