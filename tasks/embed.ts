@@ -29,7 +29,8 @@ export const EMBED_FLAGS: FlagRow[] = [
     name: "out",
     value: "FILE.npy",
     help: "output (required): float32 [images, features]; labels go to FILE.labels.npy (not for " +
-      "unlabelled images), an image folder's file names (row order) to FILE.files.txt",
+      "unlabelled images), an image folder's file names (row order) to FILE.files.txt; such a " +
+      "file left by an earlier embedding that this one does not write is removed",
   },
   {
     name: "dataset",
@@ -104,9 +105,13 @@ async function main(): Promise<number> {
   await writeFileAtomic(flags.out, encodeNpy(features, source.length, dim));
   const base = flags.out.replace(/\.npy$/, "");
   const written = [`${flags.out} (${source.length} x ${dim} float32)`];
+  // A side file this source has no values for would describe an earlier embedding's rows.
+  const removed: string[] = [];
   if (source.labelled !== false) {
     await writeFileAtomic(`${base}.labels.npy`, encodeNpy(extracted.labels, source.length));
     written.push(`${base}.labels.npy`);
+  } else if (await removeIfPresent(`${base}.labels.npy`)) {
+    removed.push(`${base}.labels.npy`);
   }
   if (source.files) {
     await writeFileAtomic(
@@ -114,12 +119,28 @@ async function main(): Promise<number> {
       new TextEncoder().encode(source.files.join("\n") + "\n"),
     );
     written.push(`${base}.files.txt (the image of each row)`);
+  } else if (await removeIfPresent(`${base}.files.txt`)) {
+    removed.push(`${base}.files.txt`);
   }
   progress.log(
     `wrote ${written.join(", ")}` +
-      (source.labelled === false ? "; no labels file: the images are unlabelled" : ""),
+      (source.labelled === false ? "; no labels file: the images are unlabelled" : "") +
+      (removed.length > 0
+        ? `; removed ${removed.join(" and ")} of an earlier embedding (other rows)`
+        : ""),
   );
   return 0;
+}
+
+/** Remove a file if it exists; whether it did. */
+async function removeIfPresent(path: string): Promise<boolean> {
+  try {
+    await Deno.remove(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
 }
 
 if (import.meta.main) runMain("embed", main);
