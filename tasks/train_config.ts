@@ -424,10 +424,17 @@ function applyFolderFlags(config: TrainConfig, flags: Flags): void {
         throw new UserError(`--${name} applies to --dataset folder only, not ${config.dataset}`);
       }
     }
-    // From --config: evaluationData would otherwise evaluate this dataset's run on that folder.
+    // From --config: evalData would otherwise evaluate this dataset's run on that folder, and
+    // labels would be silently ignored.
     if (config.evalData !== undefined) {
       throw new UserError(
         `--config's evalData ${config.evalData} applies to --dataset folder only, not ` +
+          `${config.dataset}: remove it from the file`,
+      );
+    }
+    if (config.labels !== undefined) {
+      throw new UserError(
+        `--config's labels ${config.labels} applies to --dataset folder only, not ` +
           `${config.dataset}: remove it from the file`,
       );
     }

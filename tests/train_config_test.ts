@@ -290,6 +290,18 @@ Deno.test("train config: --config values are checked against each other as the f
     (e: Error) =>
       e instanceof UserError && /evalData \/x applies to --dataset folder only/.test(e.message),
   );
+  // So are labels: a file's labels for fashion-mnist would otherwise be ignored without a word.
+  assert.throws(
+    () => resolveConfig({}, 1, { labels: "none" }),
+    (e: Error) =>
+      e instanceof UserError &&
+      /--config's labels none applies to --dataset folder only, not fashion-mnist/.test(e.message),
+  );
+  // A folder run's file keeps them.
+  assert.equal(
+    resolveConfig({ dataset: "folder", data: "/x" }, 1, { labels: "none" }).labels,
+    "none",
+  );
 });
 
 Deno.test("train config: the folder-96 preset's departures follow the flags too", () => {
