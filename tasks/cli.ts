@@ -18,7 +18,9 @@ export class UserError extends Error {
  */
 export function runMain(task: string, main: () => Promise<number | void>): void {
   const wantsHelp = Deno.args.some((arg) => arg === "--help" || arg === "-h");
-  Promise.resolve().then(() => wantsHelp || kernelPlanSetting(undefined)).then(main).then(
+  Promise.resolve().then(() => {
+    if (!wantsHelp) kernelPlanSetting(undefined);
+  }).then(() => main()).then(
     (code) => Deno.exit(typeof code === "number" ? code : 0),
     (e) => {
       const error = e as Error;
