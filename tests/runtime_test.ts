@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { gpuTest, testGpu } from "./util.ts";
-import { ceilDiv, grid1d, kernelFile, specialise } from "../runtime/gpu.ts";
+import { ceilDiv, createGpu, grid1d, kernelFile, specialise } from "../runtime/gpu.ts";
 import { add, fill, scale } from "../kernels/elementwise.ts";
 
 Deno.test({
@@ -23,6 +23,46 @@ Deno.test({
     again.release();
     b.release();
     z.release();
+  },
+});
+
+Deno.test({
+  name: "runtime: dispatches sharing one compute pass see each other's writes, in order with " +
+    "copies and clears between them",
+  ...gpuTest,
+  fn: async () => {
+    // Without validation (the tests' shared GPU validates: a submit per dispatch), consecutive
+    // dispatches share one open pass, and a clear in between must end it first.
+    const gpu = await createGpu({ validate: false });
+    const a = gpu.empty([4]);
+    const b = gpu.empty([4]);
+    const c = gpu.empty([4]);
+    const d = gpu.empty([4]);
+    fill(gpu, a, 2);
+    scale(gpu, a, 3, b); // b = 6, reading a's fill from the same pass
+    gpu.currentEncoder().clearBuffer(a.buffer); // a = 0, after the scale and before the add
+    add(gpu, a, b, c); // c = 6
+    scale(gpu, c, 2, d); // d = 12
+    const [ra, rb, rc, rd] = await gpu.read([a, b, c, d]);
+    assert.deepEqual([...ra, ...rb, ...rc, ...rd], [
+      0,
+      0,
+      0,
+      0,
+      6,
+      6,
+      6,
+      6,
+      6,
+      6,
+      6,
+      6,
+      12,
+      12,
+      12,
+      12,
+    ]);
+    gpu.destroy();
   },
 });
 
