@@ -135,9 +135,20 @@ function vec4ReductionLayout(
   return { tileColumns, columnTiles, ...rowBlocks(rows, lanes, columnTiles, targetWorkgroups) };
 }
 
+/** Where a call's statistics and partials sit when several views share the tensors. */
+interface ViewPlacement {
+  /** Index of the first statistic in mean / inv_std. */
+  statOffset?: number;
+  /** stats_final: views to merge, each numBlocks partials. */
+  groups?: number;
+  /** stats_partial: index of the first block this call writes. */
+  blockOffset?: number;
+}
+
 function uniforms(
   s: BatchNormShape,
   layout?: Pick<Layout, "rowsPerBlock" | "numBlocks">,
+  placement: ViewPlacement = {},
 ): ArrayBuffer {
   return packUniforms([
     ["u32", s.rows],
@@ -147,6 +158,10 @@ function uniforms(
     ["u32", s.rows * s.channels],
     ["f32", s.eps ?? DEFAULT_EPS],
     ["f32", s.momentum ?? DEFAULT_MOMENTUM],
+    ["u32", placement.statOffset ?? 0],
+    ["u32", placement.groups ?? 1],
+    ["u32", placement.blockOffset ?? 0],
+    ["u32", 0],
     ["u32", 0],
   ]);
 }
@@ -253,10 +268,16 @@ export function batchNormTrainForward(
   saveMean: Tensor,
   saveInvStd: Tensor,
   s: BatchNormShape,
-  options: ForwardOptions = {},
+  options: TrainForwardOptions = {},
 ): void {
   const name = "batchNormTrainForward";
   checkShape(name, s, 2);
+  const groups = options.groups ?? 1;
+  if (!Number.isInteger(groups) || groups < 1 || s.rows % groups !== 0) {
+    throw new Error(`${name}: ${s.rows} rows do not split into ${groups} views`);
+  }
+  const view = { ...s, rows: s.rows / groups };
+  checkShape(name, view, 2);
   const residual = options.residual;
   checkSizes(name, s, {
     x,
@@ -265,47 +286,69 @@ export function batchNormTrainForward(
     runningMean,
     runningVar,
     y,
-    saveMean,
-    saveInvStd,
     ...(residual ? { residual } : {}),
   });
+  for (const [label, t] of [["saveMean", saveMean], ["saveInvStd", saveInvStd]] as const) {
+    if (t.size !== groups * s.channels || t.dtype !== "f32") {
+      throw new Error(
+        `${name}: ${label} has shape [${t.shape}], expected ${groups * s.channels} f32 values ` +
+          `(views ${groups} x channels ${s.channels})`,
+      );
+    }
+  }
   checkNotInPlace(name, ["y", y], { x, gamma, beta, ...(residual ? { residual } : {}) });
+  const part = (t: Tensor, g: number) => groups === 1 ? t : t.rowBlock(g * view.rows, view.rows);
   const target = partialWorkgroups(gpu);
   // With C % 4 == 0 the partial pass reads vec4s (a quarter of the loads; its own row blocks).
   const vec4 = s.channels % 4 === 0
-    ? vec4ReductionLayout(s.rows, s.channels / 4, target)
+    ? vec4ReductionLayout(view.rows, s.channels / 4, target)
     : undefined;
-  const scalar = reductionLayout(s.rows, s.channels, STATS_CHUNK, target);
-  const numBlocks = vec4?.numBlocks ?? scalar.numBlocks;
-  const partials = gpu.empty([numBlocks, 3, s.channels], "f32", "batchnorm partials");
-  const params = uniforms(s, vec4 ?? scalar);
-  if (vec4) {
-    gpu.dispatch(
-      gpu.kernel(BATCHNORM_VEC4, {
-        entryPoint: "stats_partial",
-        constants: { TILE_C4: vec4.tileColumns },
-      }),
-      { uniforms: params, storage: { x, partials }, workgroups: [vec4.columnTiles, numBlocks] },
-    );
-  } else {
-    gpu.dispatch(kernel(gpu, "stats_partial", { TILE_C: scalar.tileChannels }), {
-      uniforms: params,
-      storage: { x, partials },
-      workgroups: [scalar.channelTiles, numBlocks],
-    });
+  const scalar = reductionLayout(view.rows, s.channels, STATS_CHUNK, target);
+  const layout = vec4 ?? scalar;
+  const numBlocks = layout.numBlocks;
+  const partials = gpu.empty([groups * numBlocks, 3, s.channels], "f32", "batchnorm partials");
+  for (let g = 0; g < groups; g++) {
+    const params = uniforms(view, layout, { blockOffset: g * numBlocks });
+    const storage = { x: part(x, g), partials };
+    if (vec4) {
+      gpu.dispatch(
+        gpu.kernel(BATCHNORM_VEC4, {
+          entryPoint: "stats_partial",
+          constants: { TILE_C4: vec4.tileColumns },
+        }),
+        { uniforms: params, storage, workgroups: [vec4.columnTiles, numBlocks] },
+      );
+    } else {
+      gpu.dispatch(kernel(gpu, "stats_partial", { TILE_C: scalar.tileChannels }), {
+        uniforms: params,
+        storage,
+        workgroups: [scalar.channelTiles, numBlocks],
+      });
+    }
   }
+  // One pass merges every view's statistics (each view's running update in view order).
   gpu.dispatch(kernel(gpu, "stats_final", {}), {
-    uniforms: params,
+    uniforms: uniforms(view, layout, { groups }),
     storage: { partials, mean: saveMean, invStd: saveInvStd, runningMean, runningVar },
     workgroups: [ceilDiv(s.channels, STATS_FINAL_THREADS)],
   });
-  const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, false), s);
-  gpu.dispatch(pass.kernel, {
-    uniforms: params,
-    // Without RESIDUAL the binding is never read, but it is statically used: bind x.
-    storage: { x, gamma, beta, mean: saveMean, invStd: saveInvStd, y, residual: residual ?? x },
-    workgroups: pass.workgroups,
-  });
+  const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, false), view);
+  for (let g = 0; g < groups; g++) {
+    gpu.dispatch(pass.kernel, {
+      uniforms: uniforms(view, layout, { statOffset: g * s.channels }),
+      // Without RESIDUAL the binding is never read, but it is statically used: bind x.
+      storage: {
+        x: part(x, g),
+        gamma,
+        beta,
+        mean: saveMean,
+        invStd: saveInvStd,
+        y: part(y, g),
+        residual: part(residual ?? x, g),
+      },
+      workgroups: pass.workgroups,
+    });
+  }
   partials.release();
 }
 
@@ -316,6 +359,16 @@ export function batchNormTrainForward(
 export interface ForwardOptions {
   relu?: boolean;
   residual?: Tensor;
+}
+
+/** The training forward's options: those of every forward, and stacked views. */
+export interface TrainForwardOptions extends ForwardOptions {
+  /**
+   * x holds this many views' rows one after another (default 1): each is normalised with its
+   * own statistics, saveMean / saveInvStd hold groups x C (view after view), and the running
+   * statistics take view 1's batch, then view 2's, as separate calls would.
+   */
+  groups?: number;
 }
 
 function normalizeConstants(options: ForwardOptions, fromVariance: boolean) {
@@ -383,22 +436,32 @@ export function batchNormBackward(
   dgamma: Tensor,
   dbeta: Tensor,
   s: BatchNormShape,
-  options: { reluOutput?: Tensor; accumulate?: boolean } = {},
+  options: { reluOutput?: Tensor; accumulate?: boolean; statOffset?: number } = {},
 ): void {
   const name = "batchNormBackward";
   checkShape(name, s, 1);
   const reluOutput = options.reluOutput;
+  // statOffset: this view's statistics start there in saveMean / saveInvStd (stacked views).
+  const statOffset = options.statOffset ?? 0;
   checkSizes(name, s, {
     x,
     dy,
     gamma,
-    saveMean,
-    saveInvStd,
     dx,
     dgamma,
     dbeta,
     ...(reluOutput ? { reluOutput } : {}),
   });
+  for (const [label, t] of [["saveMean", saveMean], ["saveInvStd", saveInvStd]] as const) {
+    if (
+      t.size < statOffset + s.channels || statOffset % s.channels !== 0 || t.dtype !== "f32"
+    ) {
+      throw new Error(
+        `${name}: ${label} has shape [${t.shape}], expected f32 statistics of ${s.channels} ` +
+          `channels from index ${statOffset}`,
+      );
+    }
+  }
   checkNotInPlace(name, ["dx", dx], { x, dy, gamma, ...(reluOutput ? { reluOutput } : {}) });
   const target = partialWorkgroups(gpu);
   const layout = reductionLayout(s.rows, s.channels, 1, target);
@@ -410,7 +473,7 @@ export function batchNormBackward(
   const relu = reluOutput ? 1 : 0;
   const partials = gpu.empty([numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
   const gradSums = gpu.empty([2, s.channels], "f32", "batchnorm grad sums");
-  const params = uniforms(s, vec4 ? { ...layout, ...vec4 } : layout);
+  const params = uniforms(s, vec4 ? { ...layout, ...vec4 } : layout, { statOffset });
   // Without a fused ReLU the mask binding is never read, but it is statically used: bind dy.
   const mask = reluOutput ?? dy;
   const partialStorage = { x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials };

@@ -52,6 +52,11 @@ struct Params {
   total: u32,       // rows * channels
   eps: f32,
   momentum: f32,
+  // Index of this call's first statistic in mean / inv_std: the view's when several views' rows
+  // were normalised apart (stats_final writes groups x C of them).
+  stat_offset: u32,
+  groups: u32,        // stats_final: views, each num_blocks partials, merged one after another
+  block_offset: u32,  // stats_partial: index of this call's first block in partials
   _pad: u32,
 }
 
@@ -165,7 +170,7 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>,
   workgroupBarrier();
   tree_merge_lanes(lane, col);
   if (lane == 0u && c < params.channels) {
-    let base = wid.y * 3u * params.channels + c;
+    let base = (params.block_offset + wid.y) * 3u * params.channels + c;
     partials[base] = shared_n[col];
     partials[base + params.channels] = shared_mean[col];
     partials[base + 2u * params.channels] = shared_m2[col];
@@ -174,22 +179,28 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>,
 
 // One thread per channel merges the num_blocks partials in block order: a few merges per
 // channel, with no workgroup tree and no barriers (which dominated this small pass on CPUs).
+// With several views (groups) the same thread merges each view's blocks in turn, writes its
+// statistics at g * C + c and updates the running statistics view after view, as separate calls
+// would.
 @compute @workgroup_size(64)
 fn stats_final(@builtin(global_invocation_id) gid: vec3<u32>) {
   let c = gid.x;
   if (c >= params.channels) { return; }
-  var acc = Moments(0.0, 0.0, 0.0);
-  for (var b = 0u; b < params.num_blocks; b++) {
-    let base = b * 3u * params.channels + c;
-    acc = merge(acc, Moments(partials[base], partials[base + params.channels],
-                             partials[base + 2u * params.channels]));
+  for (var g = 0u; g < params.groups; g++) {
+    var acc = Moments(0.0, 0.0, 0.0);
+    for (var b = g * params.num_blocks; b < (g + 1u) * params.num_blocks; b++) {
+      let base = b * 3u * params.channels + c;
+      acc = merge(acc, Moments(partials[base], partials[base + params.channels],
+                               partials[base + 2u * params.channels]));
+    }
+    let stat = g * params.channels + c;
+    mean[stat] = acc.mean;
+    // Normalisation uses the biased variance; the running estimate the unbiased one (PyTorch).
+    inv_std[stat] = 1.0 / sqrt(acc.m2 / acc.n + params.eps);
+    let m = params.momentum;
+    running_mean[c] = (1.0 - m) * running_mean[c] + m * acc.mean;
+    running_var[c] = (1.0 - m) * running_var[c] + m * (acc.m2 / (acc.n - 1.0));
   }
-  mean[c] = acc.mean;
-  // Normalisation uses the biased variance; the running estimate the unbiased one (PyTorch).
-  inv_std[c] = 1.0 / sqrt(acc.m2 / acc.n + params.eps);
-  let m = params.momentum;
-  running_mean[c] = (1.0 - m) * running_mean[c] + m * acc.mean;
-  running_var[c] = (1.0 - m) * running_var[c] + m * (acc.m2 / (acc.n - 1.0));
 }
 
 fn first_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -205,9 +216,9 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let i = base + k * WG;
     if (i < params.total) {
       let c = i % params.channels;
-      let stat = inv_std[c];
+      let stat = inv_std[params.stat_offset + c];
       let scale = select(stat, 1.0 / sqrt(stat + params.eps), FROM_VARIANCE);
-      var v = (x[i] - mean[c]) * scale * gamma[c] + beta[c];
+      var v = (x[i] - mean[params.stat_offset + c]) * scale * gamma[c] + beta[c];
       if (RESIDUAL) { v = v + residual[i]; }
       if (RELU) { v = max(v, 0.0); }
       y[i] = v;
@@ -234,8 +245,8 @@ fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>,
   var sum_dy = 0.0;
   var sum_dy_xhat = 0.0;
   if (c < params.channels) {
-    let mu = mean[c];
-    let s = inv_std[c];
+    let mu = mean[params.stat_offset + c];
+    let s = inv_std[params.stat_offset + c];
     for (var r = row_start + lane; r < row_stop; r += lanes) {
       let i = r * params.channels + c;
       let g = masked_dy(i);
@@ -295,8 +306,8 @@ fn input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let i = base + k * WG;
     if (i < params.total) {
       let c = i % params.channels;
-      let s = inv_std[c];
-      let xhat = (x[i] - mean[c]) * s;
+      let s = inv_std[params.stat_offset + c];
+      let xhat = (x[i] - mean[params.stat_offset + c]) * s;
       let mean_dy = grad_sums[c] * inv_rows;
       let mean_dy_xhat = grad_sums[params.channels + c] * inv_rows;
       dx[i] = gamma[c] * s * (masked_dy(i) - mean_dy - xhat * mean_dy_xhat);

@@ -26,6 +26,11 @@ struct Params {
   total: u32,
   eps: f32,
   momentum: f32,
+  // Index of this call's first statistic in mean / inv_std: the view's when several views' rows
+  // were normalised apart (stats_final writes groups x C of them).
+  stat_offset: u32,
+  groups: u32,        // stats_final: views, each num_blocks partials, merged one after another
+  block_offset: u32,  // stats_partial: index of this call's first block in partials
   _pad: u32,
 }
 
@@ -61,10 +66,11 @@ struct Affine {
 }
 
 fn affine(c: u32) -> Affine {
-  let stat = inv_std[c];
+  let at = params.stat_offset / 4u + c;
+  let stat = inv_std[at];
   let inv = select(stat, 1.0 / sqrt(stat + vec4<f32>(params.eps)), FROM_VARIANCE);
   let scale = inv * gamma[c];
-  return Affine(scale, beta[c] - mean[c] * scale);
+  return Affine(scale, beta[c] - mean[at] * scale);
 }
 
 @compute @workgroup_size(256)
@@ -96,8 +102,9 @@ struct InputGradTerms {
 }
 
 fn input_grad_terms(c: u32, channels4: u32, inv_rows: f32) -> InputGradTerms {
-  let s = inv_std[c];
-  return InputGradTerms(mean[c], s, gamma[c] * s, grad_sums[c] * inv_rows,
+  let at = params.stat_offset / 4u + c;
+  let s = inv_std[at];
+  return InputGradTerms(mean[at], s, gamma[c] * s, grad_sums[c] * inv_rows,
                         grad_sums[channels4 + c] * inv_rows);
 }
 
@@ -137,8 +144,8 @@ fn grad_partial(@builtin(workgroup_id) wid: vec3<u32>,
   var sum_dy = vec4<f32>(0.0);
   var sum_dy_xhat = vec4<f32>(0.0);
   if (c < channels4) {
-    let mu = mean[c];
-    let s = inv_std[c];
+    let mu = mean[params.stat_offset / 4u + c];
+    let s = inv_std[params.stat_offset / 4u + c];
     for (var r = row_start + lane; r < row_stop; r += lanes) {
       let i = r * channels4 + c;
       var g = dy[i];
@@ -233,7 +240,7 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>,
     workgroupBarrier();
   }
   if (lane == 0u && c < channels4) {
-    let base = wid.y * 3u * channels4 + c;
+    let base = (params.block_offset + wid.y) * 3u * channels4 + c;
     partials[base] = vec4<f32>(shared_n[col]);
     partials[base + channels4] = shared_mean[col];
     partials[base + 2u * channels4] = shared_m2[col];

@@ -41,6 +41,12 @@ export type Mode = "train" | "no-grad-train" | "eval";
 /** What every layer shares: the GPU, the mode, and the arena that owns activations. */
 export class Context {
   mode: Mode = "train";
+  /**
+   * How many views a batch holds, stacked along the batch axis: BatchNorm takes the statistics of
+   * each view's rows apart (as separate forwards of each view would), every other layer runs
+   * once on the stack (one dispatch instead of one per view).
+   */
+  viewGroups = 1;
   private activations: Tensor[] = [];
   constructor(readonly gpu: Gpu) {}
 
@@ -380,7 +386,15 @@ export class BatchNorm implements Module {
   readonly counter: BatchCounter;
   /** Throwaway running statistics for `no-grad-train` forwards, which must not update state. */
   private scratchStats: [Tensor, Tensor];
-  private saved: { x: Tensor; y: Tensor; mean: Tensor; invStd: Tensor; rows: number }[] = [];
+  private saved: {
+    x: Tensor;
+    y: Tensor;
+    mean: Tensor;
+    invStd: Tensor;
+    rows: number;
+    /** Stacked views, each normalised apart. */
+    groups: number;
+  }[] = [];
 
   constructor(
     private ctx: Context,
@@ -439,12 +453,15 @@ export class BatchNorm implements Module {
       );
       return y;
     }
-    const mean = this.ctx.activation([c]);
-    const invStd = this.ctx.activation([c]);
     const train = this.ctx.mode === "train";
     const [runMean, runVar] = train
       ? [this.runningMean.value, this.runningVar.value]
       : this.scratchStats;
+    // Stacked views are normalised apart, each with its own statistics (mean and invStd hold
+    // one row of C per view).
+    const groups = this.ctx.viewGroups;
+    const mean = this.ctx.activation([groups, c]);
+    const invStd = this.ctx.activation([groups, c]);
     batchNormTrainForward(
       gpu,
       x2,
@@ -456,11 +473,11 @@ export class BatchNorm implements Module {
       mean,
       invStd,
       shape,
-      options,
+      { ...options, groups },
     );
     if (train) {
-      this.counter.count++;
-      this.saved.push({ x: x2, y: y2, mean, invStd, rows });
+      this.counter.count += groups;
+      this.saved.push({ x: x2, y: y2, mean, invStd, rows, groups });
     }
     return y;
   }
@@ -470,19 +487,28 @@ export class BatchNorm implements Module {
     if (!saved) throw new Error(`${this.weight.name}: backward without a saved forward`);
     const c = this.channels;
     const dx = this.ctx.activation(dy.shape);
-    batchNormBackward(
-      this.ctx.gpu,
-      saved.x,
-      dy.reshape([saved.rows, c]),
-      this.weight.value,
-      saved.mean,
-      saved.invStd,
-      dx.reshape([saved.rows, c]),
-      this.weight.grad,
-      this.bias.grad,
-      { rows: saved.rows, channels: c, eps: this.eps, momentum: this.momentum },
-      { reluOutput: this.relu ? saved.y : undefined, accumulate: true },
-    );
+    const [dy2, dx2] = [dy.reshape([saved.rows, c]), dx.reshape([saved.rows, c])];
+    const viewRows = saved.rows / saved.groups;
+    for (let g = 0; g < saved.groups; g++) {
+      const part = (t: Tensor) => saved.groups === 1 ? t : t.rowBlock(g * viewRows, viewRows);
+      batchNormBackward(
+        this.ctx.gpu,
+        part(saved.x),
+        part(dy2),
+        this.weight.value,
+        saved.mean,
+        saved.invStd,
+        part(dx2),
+        this.weight.grad,
+        this.bias.grad,
+        { rows: viewRows, channels: c, eps: this.eps, momentum: this.momentum },
+        {
+          reluOutput: this.relu ? part(saved.y) : undefined,
+          accumulate: true,
+          statOffset: g * c,
+        },
+      );
+    }
     return dx;
   }
 

@@ -149,6 +149,11 @@ export interface SslModelOptions {
    * model larger than that is split into several (tests force small groups).
    */
   maxFlatGroupBytes?: number;
+  /**
+   * Run the two views stacked in one batch (default: wherever the adapter can bind each view's
+   * rows on their own; false runs each view on its own, as tests compare).
+   */
+  stackViews?: boolean;
 }
 
 /** The online/target pair, its optimizer state and the loss. */
@@ -171,6 +176,7 @@ export class SslModel {
   /** The EMA's tensors: target parameters and states, and the online buffers' matching prefixes. */
   private emaTargets: Tensor[];
   private emaOnlines: Tensor[];
+  private stackViews: boolean;
 
   constructor(
     readonly gpu: Gpu,
@@ -180,6 +186,7 @@ export class SslModel {
     readonly lars: LarsConfig,
     options: SslModelOptions = {},
   ) {
+    this.stackViews = options.stackViews ?? true;
     this.onlineCtx = new Context(gpu);
     this.targetCtx = new Context(gpu);
     this.targetCtx.mode = "no-grad-train";
@@ -258,29 +265,109 @@ export class SslModel {
   accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
     for (const { flat } of this.onlineGroups) fill(this.gpu, flat.grads, 0);
     const gradScale = 1 / microBatches.length;
-    microBatches.forEach(({ view1, view2, targetView1, targetView2 }, micro) => {
-      if (this.config.loss.kind === "infonce") {
-        // SimCLR: both views' online projections against each other, 2n-2 negatives.
-        const h1 = this.online.forward(view1, false);
-        const h2 = this.online.forward(view2, false);
-        const [d1, d2] = [this.scratch(h1), this.scratch(h2)];
-        this.loss.infoNce(h1, h2, d1, d2, lossOut, micro);
-        this.online.backward(this.scaled(d2, gradScale), false);
-        this.online.backward(this.scaled(d1, gradScale), false);
+    // Both views in one stacked batch where the adapter can bind each view's rows on their own
+    // (BatchNorm keeps per-view statistics): one dispatch per layer instead of two.
+    const stacked = this.stackViews &&
+      (this.batch * 4) % this.gpu.limits.minStorageBufferOffsetAlignment === 0;
+    microBatches.forEach((microBatch, micro) => {
+      if (stacked) {
+        this.stackedViews(microBatch, micro, gradScale, lossOut);
       } else {
-        const p1 = this.online.forward(view1, true);
-        const p2 = this.online.forward(view2, true);
-        const z1 = this.target.forward(targetView1 ?? view1, false);
-        const z2 = this.target.forward(targetView2 ?? view2, false);
-        const [dp1, dp2] = [this.scratch(p1), this.scratch(p2)];
-        this.loss.direction(p1, z2, dp1, lossOut, 2 * micro);
-        this.loss.direction(p2, z1, dp2, lossOut, 2 * micro + 1);
-        this.online.backward(this.scaled(dp2, gradScale), true);
-        this.online.backward(this.scaled(dp1, gradScale), true);
+        this.separateViews(microBatch, micro, gradScale, lossOut);
       }
       this.onlineCtx.releaseActivations();
       this.targetCtx.releaseActivations();
     });
+  }
+
+  /** One micro-batch, each view through each branch on its own. */
+  private separateViews(
+    { view1, view2, targetView1, targetView2 }: MicroBatch,
+    micro: number,
+    gradScale: number,
+    lossOut: Tensor,
+  ): void {
+    if (this.config.loss.kind === "infonce") {
+      // SimCLR: both views' online projections against each other, 2n-2 negatives.
+      const h1 = this.online.forward(view1, false);
+      const h2 = this.online.forward(view2, false);
+      const [d1, d2] = [this.scratch(h1), this.scratch(h2)];
+      this.loss.infoNce(h1, h2, d1, d2, lossOut, micro);
+      this.online.backward(this.scaled(d2, gradScale), false);
+      this.online.backward(this.scaled(d1, gradScale), false);
+      return;
+    }
+    const p1 = this.online.forward(view1, true);
+    const p2 = this.online.forward(view2, true);
+    const z1 = this.target.forward(targetView1 ?? view1, false);
+    const z2 = this.target.forward(targetView2 ?? view2, false);
+    const [dp1, dp2] = [this.scratch(p1), this.scratch(p2)];
+    this.loss.direction(p1, z2, dp1, lossOut, 2 * micro);
+    this.loss.direction(p2, z1, dp2, lossOut, 2 * micro + 1);
+    this.online.backward(this.scaled(dp2, gradScale), true);
+    this.online.backward(this.scaled(dp1, gradScale), true);
+  }
+
+  /**
+   * One micro-batch with the two views stacked [view1; view2] through each branch at once: the
+   * same maths as {@link separateViews} (BatchNorm normalises each view with its own statistics,
+   * in view order), half the dispatches.
+   */
+  private stackedViews(
+    { view1, view2, targetView1, targetView2 }: MicroBatch,
+    micro: number,
+    gradScale: number,
+    lossOut: Tensor,
+  ): void {
+    const online = this.onlineCtx;
+    const target = this.targetCtx;
+    online.viewGroups = 2;
+    target.viewGroups = 2;
+    try {
+      const views = this.stack(view1, view2, online);
+      if (this.config.loss.kind === "infonce") {
+        const [h1, h2] = this.halves(this.online.forward(views, false));
+        const [d1, d2] = [this.scratch(h1), this.scratch(h2)];
+        this.loss.infoNce(h1, h2, d1, d2, lossOut, micro);
+        this.online.backward(this.scaled(this.stack(d1, d2, online), gradScale), false);
+        return;
+      }
+      const [p1, p2] = this.halves(this.online.forward(views, true));
+      const targetViews = targetView1 || targetView2
+        ? this.stack(targetView1 ?? view1, targetView2 ?? view2, target)
+        : views;
+      const [z1, z2] = this.halves(this.target.forward(targetViews, false));
+      const [dp1, dp2] = [this.scratch(p1), this.scratch(p2)];
+      this.loss.direction(p1, z2, dp1, lossOut, 2 * micro);
+      this.loss.direction(p2, z1, dp2, lossOut, 2 * micro + 1);
+      this.online.backward(this.scaled(this.stack(dp1, dp2, online), gradScale), true);
+    } finally {
+      online.viewGroups = 1;
+      target.viewGroups = 1;
+    }
+  }
+
+  /** [a; b] along the first axis, in a new activation of `ctx`. */
+  private stack(a: Tensor, b: Tensor, ctx: Context): Tensor {
+    if (a.shape.slice(1).join() !== b.shape.slice(1).join() || a.shape[0] !== b.shape[0]) {
+      throw new Error(`SslModel: views of shapes [${a.shape}] and [${b.shape}] do not stack`);
+    }
+    const out = ctx.activation([2 * a.shape[0], ...a.shape.slice(1)]);
+    const encoder = this.gpu.currentEncoder();
+    encoder.copyBufferToBuffer(a.buffer, a.byteOffset, out.buffer, 0, a.byteLength);
+    encoder.copyBufferToBuffer(b.buffer, b.byteOffset, out.buffer, a.byteLength, b.byteLength);
+    return out;
+  }
+
+  /** The two stacked views' rows of `t`, each in its own online activation. */
+  private halves(t: Tensor): [Tensor, Tensor] {
+    const shape = [t.shape[0] / 2, ...t.shape.slice(1)];
+    const [first, second] = [this.onlineCtx.activation(shape), this.onlineCtx.activation(shape)];
+    const bytes = first.byteLength;
+    const encoder = this.gpu.currentEncoder();
+    encoder.copyBufferToBuffer(t.buffer, t.byteOffset, first.buffer, 0, bytes);
+    encoder.copyBufferToBuffer(t.buffer, t.byteOffset + bytes, second.buffer, 0, bytes);
+    return [first, second];
   }
 
   /** LARS on the online parameters with the current gradients, then the target's EMA. */

@@ -105,6 +105,9 @@ const LIMIT_NAMES = [
   "maxBindGroups",
   "maxBindingsPerBindGroup",
   "maxUniformBuffersPerShaderStage",
+  // The smallest alignment the adapter allows (lavapipe 32, the default 256): views bound at an
+  // offset (each view's rows of a stacked batch) need it.
+  "minStorageBufferOffsetAlignment",
 ];
 
 /** Anything that can be bound as a storage buffer. */

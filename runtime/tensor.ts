@@ -103,6 +103,25 @@ export class Tensor {
     );
   }
 
+  /**
+   * Rows first .. first + count of a [rows, ..., C] tensor as a [count, C] view of the same buffer,
+   * bound at its offset, which the adapter must allow (minStorageBufferOffsetAlignment: the
+   * views of a stacked batch divisible by 64 always are).
+   */
+  rowBlock(first: number, count: number): Tensor {
+    const channels = this.shape[this.shape.length - 1];
+    const byteOffset = this.byteOffset + first * channels * 4;
+    const alignment = this.gpu.limits.minStorageBufferOffsetAlignment;
+    if (byteOffset % alignment !== 0 || (first + count) * channels > this.size) {
+      throw new Error(
+        `rows ${first}..${first + count} of a [${this.shape}] tensor: not inside it, or starting ` +
+          `at byte ${byteOffset}, not a multiple of the adapter's binding alignment ${alignment} ` +
+          "(use a batch size divisible by 64)",
+      );
+    }
+    return new Tensor(this.gpu, [count, channels], this.dtype, this.buffer, byteOffset, false);
+  }
+
   /** Overwrite the contents (ordered after work already encoded). */
   write(data: ArrayLike<number>): void {
     if (data.length !== this.size) {

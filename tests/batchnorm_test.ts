@@ -223,6 +223,116 @@ for (const [rows, channels] of trainShapes) {
   }
 }
 
+// Two stacked views: each normalised with its own statistics (saveMean / saveInvStd hold one row
+// per view), the running statistics updated with view 1's batch, then view 2's; each view's
+// backward reads its row of statistics (statOffset). Scalar (C = 6) and vec4 (C = 64) kernels.
+for (const [rows, channels] of [[40, 6], [301, 64]]) {
+  Deno.test({
+    name: `batchnorm: 2 stacked views of ${rows}x${channels}, forward + backward vs float64 ` +
+      `per view (tol fwd ${FORWARD_TOL.atol}/${FORWARD_TOL.rtol})`,
+    ...gpuTest,
+    fn: async () => {
+      const gpu = await testGpu();
+      const rng = new Rng(rows + channels);
+      const n = rows * channels;
+      const x = Float32Array.from(
+        rng.normals(2 * n),
+        (v, i) => v * (i < n ? 1 : 3) + (i < n ? 0 : 2),
+      );
+      const gamma = rng.array(channels, 0.5, 1.5);
+      const beta = rng.array(channels, -0.5, 0.5);
+      const runningMean = rng.array(channels, -1, 1);
+      const runningVar = rng.array(channels, 0.5, 2);
+      const dy = rng.normals(2 * n);
+      const t = {
+        x: gpu.upload(x, [2 * rows, channels]),
+        gamma: gpu.upload(gamma, [channels]),
+        beta: gpu.upload(beta, [channels]),
+        runningMean: gpu.upload(runningMean, [channels]),
+        runningVar: gpu.upload(runningVar, [channels]),
+        dy: gpu.upload(dy, [2 * rows, channels]),
+        y: gpu.empty([2 * rows, channels]),
+        mean: gpu.empty([2, channels]),
+        invStd: gpu.empty([2, channels]),
+        dx: gpu.empty([2 * rows, channels]),
+        dgamma: gpu.zeros([channels]),
+        dbeta: gpu.zeros([channels]),
+      };
+      const s = { rows: 2 * rows, channels };
+      batchNormTrainForward(
+        gpu,
+        t.x,
+        t.gamma,
+        t.beta,
+        t.runningMean,
+        t.runningVar,
+        t.y,
+        t.mean,
+        t.invStd,
+        s,
+        { relu: true, groups: 2 },
+      );
+      for (let g = 0; g < 2; g++) {
+        const part = (v: typeof t.x) => v.rowBlock(g * rows, rows);
+        batchNormBackward(
+          gpu,
+          part(t.x),
+          part(t.dy),
+          t.gamma,
+          t.mean,
+          t.invStd,
+          part(t.dx),
+          t.dgamma,
+          t.dbeta,
+          { rows, channels },
+          { reluOutput: part(t.y), accumulate: true, statOffset: g * channels },
+        );
+      }
+      const [y, mean, invStd, rMean, rVar, dx, dgamma, dbeta] = await gpu.read([
+        t.y,
+        t.mean,
+        t.invStd,
+        t.runningMean,
+        t.runningVar,
+        t.dx,
+        t.dgamma,
+        t.dbeta,
+      ]);
+      let [rm, rv]: ArrayLike<number>[] = [runningMean, runningVar];
+      const dgammaRef = new Float64Array(channels);
+      const dbetaRef = new Float64Array(channels);
+      for (let g = 0; g < 2; g++) {
+        const view = (a: ArrayLike<number>) => Array.from(a).slice(g * n, (g + 1) * n);
+        const stats = (a: ArrayLike<number>) =>
+          Array.from(a).slice(g * channels, (g + 1) * channels);
+        const ref = referenceTrainForward(view(x), gamma, beta, rm, rv, rows, channels, true);
+        assertClose(view(y), ref.y, FORWARD_TOL, `y, view ${g + 1}`);
+        assertClose(stats(mean), ref.mean, FORWARD_TOL, `saveMean, view ${g + 1}`);
+        assertClose(stats(invStd), ref.invStd, FORWARD_TOL, `saveInvStd, view ${g + 1}`);
+        [rm, rv] = [ref.runningMean, ref.runningVar];
+        const back = referenceBackward(
+          view(x),
+          view(dy),
+          gamma,
+          { ...ref, y: Float64Array.from(view(y)) },
+          rows,
+          channels,
+          true,
+        );
+        assertClose(view(dx), back.dx, BACKWARD_TOL, `dx, view ${g + 1}`);
+        back.dgamma.forEach((v, c) => dgammaRef[c] += v);
+        back.dbeta.forEach((v, c) => dbetaRef[c] += v);
+      }
+      assertClose(rMean, rm, FORWARD_TOL, "runningMean after both views");
+      assertClose(rVar, rv, FORWARD_TOL, "runningVar after both views");
+      const sumTol = { atol: BACKWARD_TOL.atol * Math.sqrt(2 * rows), rtol: BACKWARD_TOL.rtol };
+      assertClose(dgamma, dgammaRef, sumTol, "dgamma over both views");
+      assertClose(dbeta, dbetaRef, sumTol, "dbeta over both views");
+      for (const v of Object.values(t)) v.release();
+    },
+  });
+}
+
 for (const channels of [3, 8]) {
   Deno.test({
     name: "batchnorm: variance stays accurate for a large mean (1000 + N(0, 0.01^2)), " +
