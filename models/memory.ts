@@ -96,6 +96,22 @@ export function estimateStepMemory(
   };
 }
 
+/**
+ * Whether a step can run its two views stacked as one batch of 2 x `batch`: each view's rows must
+ * start at an offset the adapter can bind (`alignment`), and the stacked step's largest tensor
+ * must still fit one storage binding (the check above is per view).
+ */
+export function viewsStack(
+  config: ResNetConfig,
+  batch: number,
+  resolution: number,
+  alignment: number,
+  maxBindingBytes: number,
+): boolean {
+  const largest = activationProfile(config, resolution).largestFloats * 4 * 2 * batch;
+  return (batch * 4) % alignment === 0 && largest <= maxBindingBytes;
+}
+
 /** Throw a clear error when a batch cannot fit the adapter's per-binding limit. */
 export function checkBatchFits(
   config: ResNetConfig,

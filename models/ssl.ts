@@ -23,6 +23,7 @@ import {
 } from "./layers.ts";
 import { ResNet, type ResNetConfig } from "./resnet.ts";
 import { Mlp } from "./heads.ts";
+import { viewsStack } from "./memory.ts";
 
 /** Everything that defines the model and its objective. */
 export interface SslModelConfig {
@@ -265,12 +266,8 @@ export class SslModel {
   accumulateGradients(microBatches: MicroBatch[], lossOut: Tensor): void {
     for (const { flat } of this.onlineGroups) fill(this.gpu, flat.grads, 0);
     const gradScale = 1 / microBatches.length;
-    // Both views in one stacked batch where the adapter can bind each view's rows on their own
-    // (BatchNorm keeps per-view statistics): one dispatch per layer instead of two.
-    const stacked = this.stackViews &&
-      (this.batch * 4) % this.gpu.limits.minStorageBufferOffsetAlignment === 0;
     microBatches.forEach((microBatch, micro) => {
-      if (stacked) {
+      if (this.stacks(microBatch)) {
         this.stackedViews(microBatch, micro, gradScale, lossOut);
       } else {
         this.separateViews(microBatch, micro, gradScale, lossOut);
@@ -278,6 +275,23 @@ export class SslModel {
       this.onlineCtx.releaseActivations();
       this.targetCtx.releaseActivations();
     });
+  }
+
+  /**
+   * Whether a micro-batch runs its views stacked (BatchNorm keeps per-view statistics; one
+   * dispatch per layer instead of two): where the adapter can bind each view's rows apart and the
+   * stacked tensors fit its storage bindings.
+   */
+  private stacks({ view1, targetView1 }: MicroBatch): boolean {
+    const fits = (view: Tensor) =>
+      viewsStack(
+        this.config.backbone,
+        this.batch,
+        view.shape[1],
+        this.gpu.limits.minStorageBufferOffsetAlignment,
+        this.gpu.maxBindingBytes,
+      );
+    return this.stackViews && fits(view1) && (!targetView1 || fits(targetView1));
   }
 
   /** One micro-batch, each view through each branch on its own. */

@@ -5,7 +5,7 @@ import { Context } from "../models/layers.ts";
 import { parameterCount, ResNet, scaledWidths } from "../models/resnet.ts";
 import { Rng } from "../runtime/random.ts";
 import { SslModel } from "../models/ssl.ts";
-import { checkBatchFits, estimateStepMemory } from "../models/memory.ts";
+import { checkBatchFits, estimateStepMemory, viewsStack } from "../models/memory.ts";
 
 const torchvision = JSON.parse(
   await Deno.readTextFile(new URL("./golden/torchvision_keys.json", import.meta.url)),
@@ -145,4 +145,10 @@ Deno.test("memory: the estimate finds the largest batch that fits one binding", 
     /largest batch that fits is 41: use --batch 41 --accum 2/,
   );
   assert.doesNotThrow(() => checkBatchFits(config, 41, 1, 224, 128 * 2 ** 20));
+  // Stacking the two views doubles the largest tensor: 41 fits one view, not two; 20 fits two.
+  assert.equal(viewsStack(config, 41, 224, 32, 128 * 2 ** 20), false);
+  assert.equal(viewsStack(config, 20, 224, 32, 128 * 2 ** 20), false, "20 x 4 bytes: unaligned");
+  assert.equal(viewsStack(config, 16, 224, 32, 128 * 2 ** 20), true);
+  assert.equal(viewsStack(config, 16, 224, 256, 128 * 2 ** 20), false, "alignment 256 needs 64");
+  assert.equal(viewsStack(config, 64, 224, 256, 2 ** 30), true);
 });
