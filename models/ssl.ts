@@ -152,7 +152,8 @@ export interface SslModelOptions {
   maxFlatGroupBytes?: number;
   /**
    * Run the two views stacked in one batch (default: wherever the adapter can bind each view's
-   * rows on their own; false runs each view on its own, as tests compare).
+   * rows on their own and the stacked tensors fit its bindings; false runs each view on its own,
+   * as tests compare).
    */
   stackViews?: boolean;
 }
@@ -282,7 +283,7 @@ export class SslModel {
    * dispatch per layer instead of two): where the adapter can bind each view's rows apart and the
    * stacked tensors fit its storage bindings.
    */
-  private stacks({ view1, targetView1 }: MicroBatch): boolean {
+  private stacks({ view1, view2, targetView1, targetView2 }: MicroBatch): boolean {
     const fits = (view: Tensor) =>
       viewsStack(
         this.config.backbone,
@@ -291,7 +292,11 @@ export class SslModel {
         this.gpu.limits.minStorageBufferOffsetAlignment,
         this.gpu.maxBindingBytes,
       );
-    return this.stackViews && fits(view1) && (!targetView1 || fits(targetView1));
+    const sameShape = (a: Tensor, b: Tensor) => a.shape.join() === b.shape.join();
+    const targets = targetView1 && targetView2
+      ? sameShape(targetView1, targetView2) && fits(targetView1)
+      : !targetView1 && !targetView2;
+    return this.stackViews && sameShape(view1, view2) && fits(view1) && targets;
   }
 
   /** One micro-batch, each view through each branch on its own. */

@@ -177,6 +177,9 @@ class MpiCollective implements Collective {
           `rank ${this.rank} ended before MPI finalize: stopping every rank with exit code ` +
             `${code} (call finalize() after the last collective)`,
         );
+        // mpiexec forwards a rank's stderr through a pipe, and the abort can overtake it: give
+        // the message 100 ms to get out (it was lost once, in a CI run of the tests under load).
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
       }
       s.MPI_Abort(MPI_COMM_WORLD, code);
     });
