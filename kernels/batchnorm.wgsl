@@ -18,12 +18,15 @@
 //   1 x [rows, C]              (read)        forward input
 //   2 gamma [C]                (read)
 //   3 beta [C]                 (read)
-//   4 mean [C]                 (read_write)  saved batch mean (train) or running mean (eval)
-//   5 inv_std [C]              (read_write)  saved 1/sqrt(biased var + eps) (train), or running
-//                                            variance (eval, FROM_VARIANCE)
+//   4 mean [groups, C]         (read_write)  saved batch mean per stacked view (train; a call
+//                                            reads the view's row at stat_offset), or running
+//                                            mean (eval)
+//   5 inv_std [groups, C]      (read_write)  saved 1/sqrt(biased var + eps) per view (train), or
+//                                            running variance (eval, FROM_VARIANCE)
 //   6 running_mean [C]         (read_write)  updated in place by stats_final
 //   7 running_var [C]          (read_write)  updated in place by stats_final (unbiased variance)
-//   8 partials [num_blocks, 3 or 2, C] (read_write) per-block statistics / gradient sums
+//   8 partials [groups x num_blocks, 3 or 2, C] (read_write) per-block statistics (each view's
+//                                            blocks from block_offset) / gradient sums
 //   9 y [rows, C]              (read_write)  forward output
 //  10 dy [rows, C]             (read)        upstream gradient
 //  11 relu_out [rows, C]       (read)        forward output when ReLU was fused (RELU): mask for dy
