@@ -179,14 +179,16 @@ const VEC4_FLOATS_PER_WORKGROUP = 256 * 4 * 4;
 
 /**
  * The elementwise passes (normalize, input_grad): the vec4 variant when the channel count allows
- * (a quarter of the loads), otherwise the scalar one; with the matching grid.
+ * (a quarter of the loads), otherwise the scalar one; with the matching grid for one view of
+ * `s.rows` rows. The vec4 variant takes stacked views as grid z (`allViews`), the scalar one
+ * needs a dispatch per view.
  */
 function elementwisePass(
   gpu: Gpu,
   entryPoint: "normalize" | "input_grad",
   constants: Record<string, number>,
   s: BatchNormShape,
-): { kernel: Kernel<BindingName>; workgroups: [number, number] } {
+): { kernel: Kernel<BindingName>; workgroups: [number, number]; allViews: boolean } {
   if (s.channels % 4 === 0) {
     // Each thread's vec4s lie WORKGROUP_THREADS apart: one channel per thread when that stride is
     // a multiple of the vec4 columns.
@@ -200,9 +202,14 @@ function elementwisePass(
         Math.ceil(s.rows * s.channels / VEC4_FLOATS_PER_WORKGROUP),
         gpu.limits.maxComputeWorkgroupsPerDimension,
       ),
+      allViews: true,
     };
   }
-  return { kernel: kernel(gpu, entryPoint, constants), workgroups: elementwiseGrid(gpu, s) };
+  return {
+    kernel: kernel(gpu, entryPoint, constants),
+    workgroups: elementwiseGrid(gpu, s),
+    allViews: false,
+  };
 }
 
 function checkShape(name: string, s: BatchNormShape, minRows: number): void {
@@ -307,21 +314,24 @@ export function batchNormTrainForward(
   const layout = vec4 ?? scalar;
   const numBlocks = layout.numBlocks;
   const partials = gpu.empty([groups * numBlocks, 3, s.channels], "f32", "batchnorm partials");
-  for (let g = 0; g < groups; g++) {
-    const params = uniforms(view, layout, { blockOffset: g * numBlocks });
-    const storage = { x: part(x, g), partials };
-    if (vec4) {
-      gpu.dispatch(
-        gpu.kernel(BATCHNORM_VEC4, {
-          entryPoint: "stats_partial",
-          constants: { TILE_C4: vec4.tileColumns },
-        }),
-        { uniforms: params, storage, workgroups: [vec4.columnTiles, numBlocks] },
-      );
-    } else {
+  if (vec4) {
+    // One dispatch for every view (grid z), each view's blocks after the previous view's.
+    gpu.dispatch(
+      gpu.kernel(BATCHNORM_VEC4, {
+        entryPoint: "stats_partial",
+        constants: { TILE_C4: vec4.tileColumns },
+      }),
+      {
+        uniforms: uniforms(view, layout),
+        storage: { x, partials },
+        workgroups: [vec4.columnTiles, numBlocks, groups],
+      },
+    );
+  } else {
+    for (let g = 0; g < groups; g++) {
       gpu.dispatch(kernel(gpu, "stats_partial", { TILE_C: scalar.tileChannels }), {
-        uniforms: params,
-        storage,
+        uniforms: uniforms(view, layout, { blockOffset: g * numBlocks }),
+        storage: { x: part(x, g), partials },
         workgroups: [scalar.channelTiles, numBlocks],
       });
     }
@@ -333,21 +343,28 @@ export function batchNormTrainForward(
     workgroups: [ceilDiv(s.channels, STATS_FINAL_THREADS)],
   });
   const pass = elementwisePass(gpu, "normalize", normalizeConstants(options, false), view);
-  for (let g = 0; g < groups; g++) {
+  // Without RESIDUAL the binding is never read, but it is statically used: bind x.
+  const tensors = { x, y, residual: residual ?? x };
+  const perChannel = { gamma, beta, mean: saveMean, invStd: saveInvStd };
+  if (pass.allViews) {
     gpu.dispatch(pass.kernel, {
-      uniforms: uniforms(view, layout, { statOffset: g * s.channels }),
-      // Without RESIDUAL the binding is never read, but it is statically used: bind x.
-      storage: {
-        x: part(x, g),
-        gamma,
-        beta,
-        mean: saveMean,
-        invStd: saveInvStd,
-        y: part(y, g),
-        residual: part(residual ?? x, g),
-      },
-      workgroups: pass.workgroups,
+      uniforms: uniforms(view, layout),
+      storage: { ...tensors, ...perChannel },
+      workgroups: [...pass.workgroups, groups],
     });
+  } else {
+    for (let g = 0; g < groups; g++) {
+      gpu.dispatch(pass.kernel, {
+        uniforms: uniforms(view, layout, { statOffset: g * s.channels }),
+        storage: {
+          x: part(x, g),
+          y: part(y, g),
+          residual: part(tensors.residual, g),
+          ...perChannel,
+        },
+        workgroups: pass.workgroups,
+      });
+    }
   }
   partials.release();
 }
@@ -420,6 +437,22 @@ export function batchNormEvalForward(
   });
 }
 
+/** The backward's options. */
+export interface BackwardOptions {
+  /** The forward fused a ReLU: its output, which masks dy where it was not positive. */
+  reluOutput?: Tensor;
+  /** Add to dgamma / dbeta instead of overwriting them (micro-batches, stacked views). */
+  accumulate?: boolean;
+  /** Index of this call's first statistic in saveMean / saveInvStd (a view's, default 0). */
+  statOffset?: number;
+  /**
+   * x, dy and dx hold this many views' rows one after another (default 1), normalised apart
+   * in the forward: each view's backward uses its own statistics (row g of saveMean /
+   * saveInvStd), and dgamma / dbeta take view 1's sums, then view 2's, as separate calls would.
+   */
+  groups?: number;
+}
+
 /**
  * Training-mode backward from the forward's saveMean / saveInvStd: dx (overwritten) and
  * dgamma / dbeta (overwritten, or added to with `accumulate`). When the forward fused a ReLU,
@@ -436,13 +469,16 @@ export function batchNormBackward(
   dgamma: Tensor,
   dbeta: Tensor,
   s: BatchNormShape,
-  options: { reluOutput?: Tensor; accumulate?: boolean; statOffset?: number } = {},
+  options: BackwardOptions = {},
 ): void {
   const name = "batchNormBackward";
   checkShape(name, s, 1);
   const reluOutput = options.reluOutput;
-  // statOffset: this view's statistics start there in saveMean / saveInvStd (stacked views).
   const statOffset = options.statOffset ?? 0;
+  const groups = options.groups ?? 1;
+  if (!Number.isInteger(groups) || groups < 1 || s.rows % groups !== 0) {
+    throw new Error(`${name}: ${s.rows} rows do not split into ${groups} views`);
+  }
   checkSizes(name, s, {
     x,
     dy,
@@ -454,26 +490,54 @@ export function batchNormBackward(
   });
   for (const [label, t] of [["saveMean", saveMean], ["saveInvStd", saveInvStd]] as const) {
     if (
-      t.size < statOffset + s.channels || statOffset % s.channels !== 0 || t.dtype !== "f32"
+      t.size < statOffset + groups * s.channels || statOffset % s.channels !== 0 ||
+      t.dtype !== "f32"
     ) {
       throw new Error(
-        `${name}: ${label} has shape [${t.shape}], expected f32 statistics of ${s.channels} ` +
-          `channels from index ${statOffset}`,
+        `${name}: ${label} has shape [${t.shape}], expected f32 statistics of ` +
+          `${groups} x ${s.channels} channels from index ${statOffset}`,
       );
     }
   }
   checkNotInPlace(name, ["dx", dx], { x, dy, gamma, ...(reluOutput ? { reluOutput } : {}) });
+  const view = { ...s, rows: s.rows / groups };
+  if (s.channels % 4 !== 0 && groups > 1) {
+    // The scalar passes take one view per dispatch: one call per view, summing in view order.
+    for (let g = 0; g < groups; g++) {
+      const part = (t: Tensor) => t.rowBlock(g * view.rows, view.rows);
+      batchNormBackward(
+        gpu,
+        part(x),
+        part(dy),
+        gamma,
+        saveMean,
+        saveInvStd,
+        part(dx),
+        dgamma,
+        dbeta,
+        view,
+        {
+          reluOutput: reluOutput ? part(reluOutput) : undefined,
+          accumulate: options.accumulate || g > 0,
+          statOffset: statOffset + g * s.channels,
+        },
+      );
+    }
+    return;
+  }
+  checkShape(name, view, 1);
   const target = partialWorkgroups(gpu);
-  const layout = reductionLayout(s.rows, s.channels, 1, target);
-  // With C % 4 == 0 the partial pass reads vec4s (a quarter of the loads; its own row blocks).
+  const layout = reductionLayout(view.rows, s.channels, 1, target);
+  // With C % 4 == 0 the partial pass reads vec4s (a quarter of the loads; its own row blocks)
+  // and takes every view in one dispatch (grid z).
   const vec4 = s.channels % 4 === 0
-    ? vec4ReductionLayout(s.rows, s.channels / 4, target)
+    ? vec4ReductionLayout(view.rows, s.channels / 4, target)
     : undefined;
   const numBlocks = vec4?.numBlocks ?? layout.numBlocks;
   const relu = reluOutput ? 1 : 0;
-  const partials = gpu.empty([numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
-  const gradSums = gpu.empty([2, s.channels], "f32", "batchnorm grad sums");
-  const params = uniforms(s, vec4 ? { ...layout, ...vec4 } : layout, { statOffset });
+  const partials = gpu.empty([groups * numBlocks, 2, s.channels], "f32", "batchnorm grad partials");
+  const gradSums = gpu.empty([groups, 2, s.channels], "f32", "batchnorm grad sums");
+  const params = uniforms(view, vec4 ? { ...layout, ...vec4 } : layout, { statOffset, groups });
   // Without a fused ReLU the mask binding is never read, but it is statically used: bind dy.
   const mask = reluOutput ?? dy;
   const partialStorage = { x, dy, reluOut: mask, mean: saveMean, invStd: saveInvStd, partials };
@@ -486,7 +550,7 @@ export function batchNormBackward(
       {
         uniforms: params,
         storage: partialStorage,
-        workgroups: [vec4.columnTiles, vec4.numBlocks],
+        workgroups: [vec4.columnTiles, vec4.numBlocks, groups],
       },
     );
   } else {
@@ -507,7 +571,7 @@ export function batchNormBackward(
       workgroups: [layout.channelTiles],
     },
   );
-  const pass = elementwisePass(gpu, "input_grad", { RELU: relu }, s);
+  const pass = elementwisePass(gpu, "input_grad", { RELU: relu }, view);
   gpu.dispatch(pass.kernel, {
     uniforms: params,
     storage: {
@@ -520,7 +584,7 @@ export function batchNormBackward(
       gradSums,
       dx,
     },
-    workgroups: pass.workgroups,
+    workgroups: pass.allViews ? [...pass.workgroups, groups] : pass.workgroups,
   });
   partials.release();
   gradSums.release();

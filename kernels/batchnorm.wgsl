@@ -30,13 +30,15 @@
 //   9 y [rows, C]              (read_write)  forward output
 //  10 dy [rows, C]             (read)        upstream gradient
 //  11 relu_out [rows, C]       (read)        forward output when ReLU was fused (RELU): mask for dy
-//  12 grad_sums [2, C]         (read_write)  this batch's sum(dy), sum(dy * xhat)
-//  13 dgamma [C]               (read_write)  overwritten, or += with ACCUMULATE
+//  12 grad_sums [groups, 2, C] (read_write) this batch's sum(dy), sum(dy * xhat) per view
+//  13 dgamma [C]               (read_write)  overwritten, or += with ACCUMULATE (grad_final adds
+//                                            the views' sums one after another)
 //  14 dbeta [C]                (read_write)  overwritten, or += with ACCUMULATE
 //  15 dx [rows, C]             (read_write)
 //  16 residual [rows, C]       (read)        normalize with RESIDUAL: added before the ReLU (the
 //                                            shortcut of a ResNet block), y = relu(bn(x) + residual)
-// Dispatch grids: *_partial (ceil(C / TILE_C), num_blocks); grad_final (ceil(C / TILE_C));
+// Dispatch grids: *_partial (ceil(C / TILE_C), num_blocks); grad_final (ceil(C / TILE_C)), which
+// merges `groups` views' num_blocks partials each (batchnorm_vec4.wgsl writes them in one pass);
 // stats_final (ceil(C / 64));
 // normalize and input_grad ceil(rows * C / 1024) workgroups folded into x-y (grid1d), each thread
 // handling 4 elements 256 apart.
@@ -58,7 +60,7 @@ struct Params {
   // Index of this call's first statistic in mean / inv_std: the view's when several views' rows
   // were normalised apart (stats_final writes groups x C of them).
   stat_offset: u32,
-  groups: u32,        // stats_final: views, each num_blocks partials, merged one after another
+  groups: u32,        // stats_final, grad_final: views, each num_blocks partials, merged in order
   block_offset: u32,  // stats_partial: index of this call's first block in partials
   _pad: u32,
 }
@@ -275,27 +277,33 @@ fn grad_final(@builtin(workgroup_id) wid: vec3<u32>,
   let col = lid % TILE_C;
   let lane = lid / TILE_C;
   let c = wid.x * TILE_C + col;
-  var sum_dy = 0.0;
-  var sum_dy_xhat = 0.0;
-  if (c < params.channels) {
-    for (var b = lane; b < params.num_blocks; b += lanes) {
-      let base = b * 2u * params.channels + c;
-      sum_dy += partials[base];
-      sum_dy_xhat += partials[base + params.channels];
+  for (var g = 0u; g < params.groups; g++) {
+    var sum_dy = 0.0;
+    var sum_dy_xhat = 0.0;
+    if (c < params.channels) {
+      for (var b = lane; b < params.num_blocks; b += lanes) {
+        let base = (g * params.num_blocks + b) * 2u * params.channels + c;
+        sum_dy += partials[base];
+        sum_dy_xhat += partials[base + params.channels];
+      }
     }
-  }
-  shared_mean[lid] = sum_dy;
-  shared_m2[lid] = sum_dy_xhat;
-  workgroupBarrier();
-  tree_sum_lanes(lane, col);
-  if (lane == 0u && c < params.channels) {
-    let db = shared_mean[col];
-    let dg = shared_m2[col];
-    // input_grad needs this batch's sums even when dgamma/dbeta accumulate across micro-batches.
-    grad_sums[c] = db;
-    grad_sums[params.channels + c] = dg;
-    dbeta[c] = select(db, dbeta[c] + db, ACCUMULATE);
-    dgamma[c] = select(dg, dgamma[c] + dg, ACCUMULATE);
+    shared_mean[lid] = sum_dy;
+    shared_m2[lid] = sum_dy_xhat;
+    workgroupBarrier();
+    tree_sum_lanes(lane, col);
+    if (lane == 0u && c < params.channels) {
+      let db = shared_mean[col];
+      let dg = shared_m2[col];
+      // input_grad needs this batch's sums even when dgamma/dbeta accumulate across
+      // micro-batches. Views add in order, as separate calls with ACCUMULATE would.
+      grad_sums[g * 2u * params.channels + c] = db;
+      grad_sums[(g * 2u + 1u) * params.channels + c] = dg;
+      let add = ACCUMULATE || g > 0u;
+      dbeta[c] = select(db, dbeta[c] + db, add);
+      dgamma[c] = select(dg, dgamma[c] + dg, add);
+    }
+    // The next view reuses the workgroup memory this one's lane 0 just read.
+    workgroupBarrier();
   }
 }
 

@@ -487,28 +487,20 @@ export class BatchNorm implements Module {
     if (!saved) throw new Error(`${this.weight.name}: backward without a saved forward`);
     const c = this.channels;
     const dx = this.ctx.activation(dy.shape);
-    const [dy2, dx2] = [dy.reshape([saved.rows, c]), dx.reshape([saved.rows, c])];
-    const viewRows = saved.rows / saved.groups;
-    for (let g = 0; g < saved.groups; g++) {
-      const part = (t: Tensor) => saved.groups === 1 ? t : t.rowBlock(g * viewRows, viewRows);
-      batchNormBackward(
-        this.ctx.gpu,
-        part(saved.x),
-        part(dy2),
-        this.weight.value,
-        saved.mean,
-        saved.invStd,
-        part(dx2),
-        this.weight.grad,
-        this.bias.grad,
-        { rows: viewRows, channels: c, eps: this.eps, momentum: this.momentum },
-        {
-          reluOutput: this.relu ? part(saved.y) : undefined,
-          accumulate: true,
-          statOffset: g * c,
-        },
-      );
-    }
+    // Stacked views: each view's backward uses its own statistics; the sums add view by view.
+    batchNormBackward(
+      this.ctx.gpu,
+      saved.x,
+      dy.reshape([saved.rows, c]),
+      this.weight.value,
+      saved.mean,
+      saved.invStd,
+      dx.reshape([saved.rows, c]),
+      this.weight.grad,
+      this.bias.grad,
+      { rows: saved.rows, channels: c, eps: this.eps, momentum: this.momentum },
+      { reluOutput: this.relu ? saved.y : undefined, accumulate: true, groups: saved.groups },
+    );
     return dx;
   }
 

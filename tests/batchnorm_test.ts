@@ -224,8 +224,10 @@ for (const [rows, channels] of trainShapes) {
 }
 
 // Two stacked views: each normalised with its own statistics (saveMean / saveInvStd hold one row
-// per view), the running statistics updated with view 1's batch, then view 2's; each view's
-// backward reads its row of statistics (statOffset). Scalar (C = 6) and vec4 (C = 64) kernels.
+// per view), the running statistics updated with view 1's batch, then view 2's; the backward of
+// both views in one call (groups: 2, what the layer runs) reads each view's row of statistics and
+// must give bitwise what one call per view (statOffset) gives, against float64 per view too.
+// Scalar (C = 6: one dispatch per view) and vec4 (C = 64: every view in one dispatch) kernels.
 for (const [rows, channels] of [[40, 6], [301, 64]]) {
   Deno.test({
     name: `batchnorm: 2 stacked views of ${rows}x${channels}, forward + backward vs float64 ` +
@@ -255,8 +257,12 @@ for (const [rows, channels] of [[40, 6], [301, 64]]) {
         mean: gpu.empty([2, channels]),
         invStd: gpu.empty([2, channels]),
         dx: gpu.empty([2 * rows, channels]),
-        dgamma: gpu.zeros([channels]),
-        dbeta: gpu.zeros([channels]),
+        // Not accumulated into: the grouped call overwrites with view 1, then adds view 2.
+        dgamma: gpu.upload(new Float32Array(channels).fill(7), [channels]),
+        dbeta: gpu.upload(new Float32Array(channels).fill(-7), [channels]),
+        perViewDx: gpu.empty([2 * rows, channels]),
+        perViewDgamma: gpu.zeros([channels]),
+        perViewDbeta: gpu.zeros([channels]),
       };
       const s = { rows: 2 * rows, channels };
       batchNormTrainForward(
@@ -272,6 +278,19 @@ for (const [rows, channels] of [[40, 6], [301, 64]]) {
         s,
         { relu: true, groups: 2 },
       );
+      batchNormBackward(
+        gpu,
+        t.x,
+        t.dy,
+        t.gamma,
+        t.mean,
+        t.invStd,
+        t.dx,
+        t.dgamma,
+        t.dbeta,
+        s,
+        { reluOutput: t.y, groups: 2 },
+      );
       for (let g = 0; g < 2; g++) {
         const part = (v: typeof t.x) => v.rowBlock(g * rows, rows);
         batchNormBackward(
@@ -281,14 +300,26 @@ for (const [rows, channels] of [[40, 6], [301, 64]]) {
           t.gamma,
           t.mean,
           t.invStd,
-          part(t.dx),
-          t.dgamma,
-          t.dbeta,
+          part(t.perViewDx),
+          t.perViewDgamma,
+          t.perViewDbeta,
           { rows, channels },
           { reluOutput: part(t.y), accumulate: true, statOffset: g * channels },
         );
       }
-      const [y, mean, invStd, rMean, rVar, dx, dgamma, dbeta] = await gpu.read([
+      const [
+        y,
+        mean,
+        invStd,
+        rMean,
+        rVar,
+        dx,
+        dgamma,
+        dbeta,
+        perViewDx,
+        perViewDgamma,
+        perViewDbeta,
+      ] = await gpu.read([
         t.y,
         t.mean,
         t.invStd,
@@ -297,7 +328,13 @@ for (const [rows, channels] of [[40, 6], [301, 64]]) {
         t.dx,
         t.dgamma,
         t.dbeta,
+        t.perViewDx,
+        t.perViewDgamma,
+        t.perViewDbeta,
       ]);
+      assert.deepEqual(dx, perViewDx, "dx: both views in one call vs one call per view");
+      assert.deepEqual(dgamma, perViewDgamma, "dgamma: both views in one call vs one per view");
+      assert.deepEqual(dbeta, perViewDbeta, "dbeta: both views in one call vs one per view");
       let [rm, rv]: ArrayLike<number>[] = [runningMean, runningVar];
       const dgammaRef = new Float64Array(channels);
       const dbetaRef = new Float64Array(channels);
