@@ -132,3 +132,35 @@ export function formatTable(rows: BenchRow[]): string {
   }
   return lines.join("\n");
 }
+
+/**
+ * Per-call time is a batch's time / its calls, with many calls queued per wait for the device:
+ * a wait costs ~11 ms on lavapipe whatever ran (fence polling), which one call per wait would
+ * count as kernel time, and a training step queues hundreds of kernels per wait. Batches aim at
+ * BATCH_TARGET_MS, so the wait is ~2% of a figure; each figure is the best of REPEATS batches (the
+ * CPU adapter shares its cores); calls slower than SLOW_CALL_MS (tfjs's naive weight gradients)
+ * are timed once.
+ */
+const BATCH_TARGET_MS = 500;
+const REPEATS = 3;
+const SLOW_CALL_MS = 2000;
+/** Calls in the batch that estimates the per-call time. */
+const PROBE_CALLS = 10;
+
+/**
+ * Milliseconds per call, given `timeBatch(calls)`: the wall time of `calls` calls queued with one
+ * wait at the end (already warmed up). At most `maxCalls` per batch.
+ */
+export async function perCallMs(
+  timeBatch: (calls: number) => Promise<number>,
+  maxCalls: number,
+): Promise<number> {
+  const single = await timeBatch(1);
+  if (single > SLOW_CALL_MS) return single;
+  const probeCalls = Math.max(1, Math.min(maxCalls, PROBE_CALLS));
+  const estimate = await timeBatch(probeCalls) / probeCalls;
+  const calls = Math.max(1, Math.min(maxCalls, Math.round(BATCH_TARGET_MS / estimate)));
+  let best = Infinity;
+  for (let i = 0; i < REPEATS; i++) best = Math.min(best, await timeBatch(calls) / calls);
+  return best;
+}

@@ -3,10 +3,11 @@
  * batch 4 (as im2col GEMMs: M = batch*Ho*Wo, N = Cout, K = Cin*kh*kw) and the projector's Linear
  * layers at batch 256 (forward x·Wᵀ, input gradient dy·W, weight gradient dyᵀ·x), next to
  * tfjs-backend-webgpu's `tf.matMul` on the same adapter.
- * Both sides run the same number of multiplies per timed round and then wait for the GPU (ours:
- * `gpu.sync()`; tfjs: submit its queue and `onSubmittedWorkDone()`, its outputs kept alive until
- * then), no readback; a round holds enough multiplies (>= ~0.4 GFLOP) that the ~10 ms wait
- * latency of the CPU adapter is amortised.
+ * Each side is timed like the conv bench (`perCallMs`): batches of calls queued behind one wait
+ * for the GPU (ours: `gpu.sync()`; tfjs: submit its queue and `onSubmittedWorkDone()`, its
+ * outputs kept alive until then), no readback, sized to ~500 ms so the ~11 ms wait of the CPU
+ * adapter is ~2% of a figure, best of 3. (Until 12-03 a round held ~0.4 GFLOP, ~8 ms of our work
+ * at 50 GFLOP/s: the wait was more than half of the figure.)
  * Standalone: `DENO_WEBGPU_BACKEND=vulkan deno run -A bench/matmul.ts [--quick] [--no-tfjs]
  * [--only=<substring of case names>]`.
  */
@@ -17,7 +18,9 @@ import {
   type BenchRow,
   formatTable,
   measure,
+  perCallMs,
   timeAsync,
+  timeGpu,
   withRatio,
 } from "./harness.ts";
 import { loadTfjs, syncTfjs, type Tfjs } from "./tfjs.ts";
@@ -112,12 +115,10 @@ function storedShapes(c: Case): { a: number[]; b: number[] } {
   };
 }
 
-/** Multiplies per timed round: enough work to amortise the wait for the GPU. */
-function roundSize(c: Case): number {
-  return Math.max(1, Math.ceil(4e8 / (2 * c.m * c.n * c.k)));
-}
-
-const TIMING = { warmup: 1, iterations: 3 };
+/** Our calls hold nothing between them; the cap only bounds a batch of very fast calls. */
+const MAX_OUR_BATCH_CALLS = 1000;
+/** tfjs keeps every output of a batch alive until the wait: at most this many bytes of them. */
+const MAX_TFJS_BATCH_BYTES = 256 * 2 ** 20;
 
 async function timeOurs(gpu: Gpu, c: Case, a: Float32Array, b: Float32Array): Promise<number> {
   const shapes = storedShapes(c);
@@ -125,30 +126,34 @@ async function timeOurs(gpu: Gpu, c: Case, a: Float32Array, b: Float32Array): Pr
   const tb = gpu.upload(b, shapes.b);
   const out = gpu.empty([c.m, c.n]);
   const options = { transposeA: c.form === "Aᵀ·B", transposeB: c.form === "A·Bᵀ" };
-  const round = roundSize(c);
-  const ms = await timeAsync(async () => {
-    for (let i = 0; i < round; i++) matmul(gpu, ta, tb, out, options);
-    await gpu.sync();
-  }, TIMING);
+  const encode = () => matmul(gpu, ta, tb, out, options);
+  encode(); // warm-up: compiles the pipeline
+  await gpu.sync();
+  const ms = await perCallMs(
+    async (calls) => calls * await timeGpu(gpu, encode, { warmup: 0, iterations: calls }),
+    MAX_OUR_BATCH_CALLS,
+  );
   for (const t of [ta, tb, out]) t.release();
-  return ms / round;
+  return ms;
 }
 
 async function timeTfjs(tf: Tfjs, c: Case, a: Float32Array, b: Float32Array): Promise<number> {
   const shapes = storedShapes(c);
   const ta = tf.tensor2d(a, shapes.a as [number, number]);
   const tb = tf.tensor2d(b, shapes.b as [number, number]);
-  const round = roundSize(c);
-  const ms = await timeAsync(async () => {
-    const outs = [];
-    for (let i = 0; i < round; i++) {
-      outs.push(tf.matMul(ta, tb, c.form === "Aᵀ·B", c.form === "A·Bᵀ"));
-    }
-    await syncTfjs(tf);
-    tf.dispose(outs);
-  }, TIMING);
+  const timeBatch = (calls: number) =>
+    timeAsync(async () => {
+      const outs = Array.from(
+        { length: calls },
+        () => tf.matMul(ta, tb, c.form === "Aᵀ·B", c.form === "A·Bᵀ"),
+      );
+      await syncTfjs(tf);
+      tf.dispose(outs);
+    }, { warmup: 0, iterations: 1 });
+  await timeBatch(1); // warm-up: compiles the pipeline
+  const ms = await perCallMs(timeBatch, Math.floor(MAX_TFJS_BATCH_BYTES / (4 * c.m * c.n)));
   tf.dispose([ta, tb]);
-  return ms / round;
+  return ms;
 }
 
 /** GFLOP/s of each case, ours next to tfjs. */
