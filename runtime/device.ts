@@ -206,13 +206,6 @@ export const DEFAULT_KERNEL_SETTINGS: Readonly<KernelSettings> = {
 
 const UNIFORM_SLOT_BYTES = 256;
 const UNIFORM_SLOTS = 1024;
-/** Dispatches encoded before a submit while the GPU is busy (each submit has a fixed cost). */
-const SUBMIT_DISPATCHES = 256;
-/**
- * ...and while it is idle (after a readback), so it starts early instead of waiting for the
- * encoding of 256 dispatches: ~8 ms per SSL step of the preset on lavapipe.
- */
-const FIRST_SUBMIT_DISPATCHES = 32;
 
 /** The device plus everything needed to run kernels on it. */
 export class Gpu {
@@ -235,8 +228,6 @@ export class Gpu {
   /** The compute pass consecutive dispatches share (see passFor); ended by any other command. */
   private openPass: GPUComputePassEncoder | undefined;
   private encodedSinceFlush = 0;
-  /** Nothing submitted is still running (set after a wait for the queue, cleared by a submit). */
-  private queueIdle = true;
   private toDestroyAfterSubmit: GPUBuffer[] = [];
   private uniformRing: GPUBuffer;
   private uniformStaging: Uint8Array<ArrayBuffer>;
@@ -390,9 +381,7 @@ export class Gpu {
     if (this.validate) {
       this.flush();
       this.checkScope(`kernel ${kernel.name}`);
-    } else if (
-      this.encodedSinceFlush >= (this.queueIdle ? FIRST_SUBMIT_DISPATCHES : SUBMIT_DISPATCHES)
-    ) {
+    } else if (this.encodedSinceFlush >= 256) {
       this.flush();
     }
   }
@@ -444,7 +433,6 @@ export class Gpu {
       this.openPass = undefined;
       this.device.queue.submit([this.encoder.finish()]);
       this.encoder = undefined;
-      this.queueIdle = false;
     }
     this.encodedSinceFlush = 0;
     for (const b of this.toDestroyAfterSubmit) b.destroy();
@@ -455,7 +443,6 @@ export class Gpu {
   async sync(): Promise<void> {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
-    this.queueIdle = true;
     await this.settleChecks();
   }
 
@@ -496,8 +483,6 @@ export class Gpu {
     });
     this.flush();
     await staging.mapAsync(GPUMapMode.READ);
-    // The copy ran last, so everything submitted before it has finished too.
-    this.queueIdle = true;
     const all = staging.getMappedRange().slice(0);
     staging.unmap();
     staging.destroy();
