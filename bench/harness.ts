@@ -118,6 +118,14 @@ function fmt(m: Measurement | undefined): string {
   return `${m.ms.toFixed(2)} ms${extra}`;
 }
 
+/**
+ * A ratio as the table shows it: two decimals under 1 (PyTorch-peer ratios are checked against
+ * 0.5x, and 0.45 must not read "0.5x"), one above.
+ */
+export function formatRatio(ratio: number): string {
+  return `${ratio.toFixed(ratio < 1 ? 2 : 1)}x`;
+}
+
 /** A Markdown table of rows. */
 export function formatTable(rows: BenchRow[]): string {
   const lines = [
@@ -125,7 +133,7 @@ export function formatTable(rows: BenchRow[]): string {
     "|---|---|---|---|---|---|",
   ];
   for (const r of rows) {
-    const ratio = r.ratio === undefined ? "-" : `${r.ratio.toFixed(1)}x`;
+    const ratio = r.ratio === undefined ? "-" : formatRatio(r.ratio);
     lines.push(
       `| ${r.part} | ${r.case} | ${fmt(r.ours)} | ${fmt(r.tfjs)} | ${ratio} | ${r.note ?? ""} |`,
     );

@@ -4,7 +4,7 @@
  * the call's time with the wait amortised over a ~500 ms batch, not the 1-call-per-wait time.
  */
 import assert from "node:assert/strict";
-import { perCallMs } from "../bench/harness.ts";
+import { formatRatio, perCallMs } from "../bench/harness.ts";
 
 const WAIT_MS = 11;
 
@@ -36,4 +36,14 @@ Deno.test("perCallMs: a call slower than 2 s is timed once", async () => {
   const { batches, timeBatch } = simulated(2500);
   assert.equal(await perCallMs(timeBatch, 1000), 2500 + WAIT_MS);
   assert.deepEqual(batches, [1]);
+});
+
+Deno.test("formatRatio: ratios under 1 keep two decimals (0.45x must not read 0.5x)", () => {
+  assert.deepEqual([0.451, 0.5, 0.316, 5.2, 28.04].map(formatRatio), [
+    "0.45x",
+    "0.50x",
+    "0.32x",
+    "5.2x",
+    "28.0x",
+  ]);
 });
