@@ -4,8 +4,8 @@
 // On a CPU adapter each per-lane load is a loop over lanes, so one vec4 load of 4 channels costs
 // about as much as one scalar load: this variant does a quarter of the loads.
 // Bindings: the same numbers as batchnorm.wgsl (0 Params, 1 x, 2 gamma, 3 beta, 4 mean,
-// 5 inv_std, 9 y, 10 dy, 11 relu_out, 12 grad_sums [views, 2, C], 15 dx, 16 residual), viewed as vec4
-// arrays.
+// 5 inv_std, 9 y, 10 dy, 11 relu_out, 12 grad_sums [views, 2, C], 15 dx, 16 residual), viewed as
+// vec4 arrays.
 // Dispatch: ceil(rows * C / 4096) workgroups of 256 folded into x-y (grid1d); each thread handles
 // 4 vec4s 256 apart. stats_partial and grad_partial: (ceil(C / 4 / TILE_C4), num_blocks)
 // workgroups, each reducing TILE_C4 vec4 columns over one block of rows in LANES = 256 / TILE_C4
