@@ -35,7 +35,7 @@ struct Params {
   // were normalised apart (stats_final writes groups x C of them).
   stat_offset: u32,
   groups: u32,        // stats_final, grad_final: views, each num_blocks partials, merged in order
-  block_offset: u32,  // stats_partial: index of this call's first block in partials
+  block_offset: u32,  // batchnorm.wgsl's scalar stats_partial only (here the view is grid z)
   _pad: u32,
 }
 
@@ -253,7 +253,7 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>,
     workgroupBarrier();
   }
   if (lane == 0u && c < channels4) {
-    let base = (params.block_offset + wid.z * params.num_blocks + wid.y) * 3u * channels4 + c;
+    let base = (wid.z * params.num_blocks + wid.y) * 3u * channels4 + c;
     partials[base] = vec4<f32>(shared_n[col]);
     partials[base + channels4] = shared_mean[col];
     partials[base + 2u * channels4] = shared_m2[col];
